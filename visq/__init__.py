@@ -1,1 +1,38 @@
-"""visq."""
+"""visq: quantization for vision transformers and diffusion models, on the ecosystem's own objects.
+
+    import visq
+    qmodel = visq.quantize(model, "w8a8", calib=images)
+    print(visq.summary(qmodel))
+    visq.save(qmodel, "out/")
+
+``import visq`` imports neither diffusers nor timm; hosts load them when given such an object.
+"""
+
+from visq.api import QuantState, freeze, quant_state, quantize, summary, unfreeze
+from visq.calibrate import CalibSet, Call, observing
+from visq.io import load, save
+from visq.quantizers import QuantSpec, Uniform
+from visq.recipes import PRESETS, Recipe, Rule
+from visq.timesteps import set_timestep
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "CalibSet",
+    "Call",
+    "QuantSpec",
+    "QuantState",
+    "Recipe",
+    "Rule",
+    "Uniform",
+    "freeze",
+    "load",
+    "observing",
+    "quant_state",
+    "quantize",
+    "save",
+    "set_timestep",
+    "summary",
+    "unfreeze",
+]

@@ -1,0 +1,52 @@
+import pytest
+
+from visq import PRESETS, Recipe, Rule, Uniform
+from visq.recipes import parse, resolve, with_activation_range
+
+
+@pytest.mark.parametrize("text", PRESETS)
+def test_presets_parse(text):
+    recipe = parse(text)
+    assert recipe.name == text
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+
+
+def test_grammar_defaults():
+    recipe = parse("w4a8-g32")
+    weight = recipe.spec_for("blocks.0.mlp.fc1.weight_quantizer")[1]
+    act = recipe.spec_for("blocks.0.mlp.fc1.input_quantizer")[1]
+    assert weight == Uniform(bits=4, symmetric=True, granularity="group", group_size=32)
+    assert act == Uniform(bits=8)
+    assert recipe.spec_for("blocks.0.attn.probs_quantizer")[1] == Uniform(bits=8)
+
+
+def test_a16_keeps_activations_float():
+    recipe = parse("w8a16")
+    assert recipe.spec_for("x.input_quantizer")[1] is None
+    assert recipe.spec_for("x.weight_quantizer")[1].bits == 8
+
+
+@pytest.mark.parametrize("text", ["w4a9", "w0a8", "w4a8-g0", "", "int8", "w9a8", "w4a1", "w4a8-g"])
+def test_bad_strings_raise_listing_forms(text):
+    with pytest.raises(ValueError, match="Valid forms: w<W>a<A>") as err:
+        parse(text)
+    assert "w8a8" in str(err.value)
+
+
+def test_resolve_method_and_type_errors():
+    assert resolve("w8a8", method="percentile").method == "percentile"
+    with pytest.raises(TypeError):
+        resolve(8)
+
+
+def test_first_match_wins_and_none_keeps_float():
+    recipe = Recipe((Rule("head.*", None), Rule("*.weight_quantizer", Uniform(bits=4, symmetric=True))))
+    assert recipe.spec_for("head.weight_quantizer") == (0, None)
+    assert recipe.spec_for("blocks.0.weight_quantizer")[1].bits == 4
+    assert recipe.spec_for("blocks.0.input_quantizer") is None
+
+
+def test_with_activation_range_leaves_weights():
+    rules = with_activation_range(parse("w8a8").rules, "percentile")
+    assert rules[0].spec.range == "minmax"
+    assert all(r.spec.range == "percentile" for r in rules[1:])

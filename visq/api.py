@@ -1,0 +1,139 @@
+"""The public verbs: quantize, freeze / unfreeze, summary. Orchestration only; each step lives in its module."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from torch import nn
+
+from visq import hosts, methods, recipes, sites
+from visq.calibrate import fit_weights, observing, run
+from visq.modules import QUANT_LAYERS
+from visq.recipes import Recipe
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class QuantState:
+    """What ``quantize`` did to a model, kept on it as ``model.visq_state`` for summary / save."""
+
+    recipe: Recipe
+    plan: sites.Plan
+    host: str
+    timesteps: tuple[float, ...] = ()
+
+
+def quantize(
+    obj: T,
+    recipe: str | Recipe = "w8a8",
+    *,
+    method: str | None = None,
+    calib: Any = None,
+    calib_options: dict[str, Any] | None = None,
+    progress: bool = True,
+    **method_kwargs: Any,
+) -> T:
+    """Quantize a diffusers pipeline, a timm model or any ``nn.Module`` in place, and return it.
+
+    Args:
+        obj: the pipeline or model; it is still called the usual way afterwards.
+        recipe: a string such as ``"w8a8"``, ``"w4a8"``, ``"w4a16-g32"`` (see ``visq.recipes``) or a ``Recipe``.
+        method: the algorithm (``visq.methods.names()``); defaults to the recipe's (min-max).
+        calib: calibration data: images (tensor, list of tensors, DataLoader) for a vision model; prompts,
+            class ids or a sample count for a diffusion pipeline; or a ``CalibSet``.
+        calib_options: for pipelines, e.g. ``num_inference_steps`` (10), ``batch_size``, ``seed``,
+            ``guidance_scale``; for modules, ``batch_size``.
+        progress: show a progress bar while calibrating.
+        method_kwargs: options of the method.
+
+    Raises:
+        ValueError / TypeError: bad recipe, method, model or calibration data. The model is left unchanged.
+    """
+    recipe = recipes.resolve(recipe, method, **method_kwargs)
+    host = hosts.detect(obj)
+    model = host.target(obj)
+    if getattr(model, "visq_state", None) is not None:
+        raise ValueError("this model is already quantized; load a fresh float model to quantize again")
+    algo = methods.get(recipe.method, **recipe.method_kwargs)
+    options = dict(calib_options or {})
+    calib_set = algo.collect(obj, calib, options) or host.collect(obj, calib, options)
+    algo.prepare(model)
+    plan = sites.plan(model, replace(recipe, rules=algo.rules(recipe.rules)), host.float_rules(model),
+                      calib_set.timesteps)
+    undo = sites.install(model, plan)
+    try:
+        host.activate(obj, model)
+        fit_weights(model)
+        with _eval_mode(model), observing(model):
+            run(model, calib_set, progress)
+        algo.refine(obj, model, calib_set)
+    except BaseException:
+        undo()
+        host.activate(obj, model)
+        raise
+    model.visq_state = QuantState(recipe, plan, host.name, calib_set.timesteps)
+    logger.info("quantized %d sites of %s with %s", len(plan.quantized), type(model).__name__, recipe.name)
+    return obj
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Calibrate without dropout; restore the caller's train / eval mode afterwards."""
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
+def _quantized_layers(obj: Any) -> list[nn.Module]:
+    model = hosts.detect(obj).target(obj)
+    return [m for m in model.modules() if type(m) in QUANT_LAYERS.values()]
+
+
+def freeze(obj: T) -> T:
+    """Cache fake-quantized weights so inference does not re-quantize them at every call."""
+    for layer in _quantized_layers(obj):
+        layer.freeze()
+    return obj
+
+
+def unfreeze(obj: T) -> T:
+    """Drop cached weights (before training or changing weights)."""
+    for layer in _quantized_layers(obj):
+        layer.unfreeze()
+    return obj
+
+
+def quant_state(obj: Any) -> QuantState:
+    """The ``QuantState`` of a quantized pipeline or model; raises if it was never quantized."""
+    model = hosts.detect(obj).target(obj)
+    state = getattr(model, "visq_state", None)
+    if state is None:
+        raise ValueError(f"{type(model).__name__} is not quantized: call visq.quantize or visq.load first")
+    return state
+
+
+def summary(obj: Any) -> str:
+    """Every quantizer site with its spec, and every layer kept float with the reason."""
+    state = quant_state(obj)
+    model = hosts.detect(obj).target(obj)
+    quantized = state.plan.quantized
+    width = max([len(s) for s in quantized] + [len(s) for s in state.plan.float_layers] + [10])
+    lines = [
+        f"visq: {type(model).__name__} (host {state.host}), recipe {state.recipe.name}, method {state.recipe.method}",
+        f"quantized sites: {len(quantized)}",
+    ]
+    lines += [f"  {site:<{width}}  {spec.short()}" for site, spec in quantized.items()]
+    lines.append(f"float layers: {len(state.plan.float_layers)}")
+    lines += [f"  {path or '<root>':<{width}}  {why}" for path, why in state.plan.float_layers.items()]
+    if state.timesteps:
+        lines.append(f"calibrated timesteps: {', '.join(f'{t:g}' for t in state.timesteps)}")
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""diffusers host: DDPM / DDIM (UNet2DModel), Stable Diffusion (UNet2DConditionModel), DiT and PixArt.
+
+The denoiser (``pipe.unet`` or ``pipe.transformer``) is quantized; text encoders and the VAE stay float.
+Attention gets its slots through ``QuantAttnProcessor``, an ``nn.Module`` processor installed with diffusers' own
+``set_processor`` (so its quantizers live in the state dict under ``<attn>.processor.*``). Calibration data is a
+trajectory cache captured from float runs of the pipeline: every denoiser call's inputs (latents, timestep,
+conditioning including the unconditional half under classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, ModelMixin
+from diffusers.models.attention_processor import Attention
+from torch import Tensor, nn
+
+from visq.calibrate import CalibSet, Call
+from visq.hosts.base import Host
+from visq.quantizers import SiteShape
+from visq.sites import ADAPTERS, ATTENTION_SLOTS, AttentionAdapter, FloatRule
+from visq.timesteps import as_timestep, temporal_quantizers
+
+DENOISERS = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "Transformer2DModel",
+             "PixArtTransformer2DModel")
+_FLOAT_RULES = [
+    FloatRule("conv_in", "first convolution: tiny compute, large error when quantized (Q-Diffusion keeps it)"),
+    FloatRule("conv_out", "last convolution: its error lands directly on the predicted noise"),
+    FloatRule("time_embedding*", "timestep embedding: negligible compute, every layer depends on it"),
+    FloatRule("class_embedding*", "class embedding: negligible compute"),
+    FloatRule("add_embedding*", "added conditioning embedding: negligible compute"),
+    FloatRule("pos_embed*", "patch embedding (first layer)"),
+    FloatRule("proj_out*", "final projection (last layer)"),
+    FloatRule("*norm1.emb*", "timestep / class embedding of adaLN: negligible compute, conditions every block"),
+    FloatRule("*norm1.linear", "adaLN modulation: scales and shifts every block from the timestep embedding"),
+    FloatRule("adaln_single*", "adaLN-single timestep embedding and modulation"),
+    FloatRule("caption_projection*", "caption projection: runs once per prompt, not per pixel"),
+]
+
+
+class QuantAttnProcessor(nn.Module):
+    """Attention processor with q / k / v / probs quantizer slots, mirroring diffusers' ``AttnProcessor``."""
+
+    def __init__(self, quantizers: dict[str, nn.Module | None]) -> None:
+        super().__init__()
+        for name in ATTENTION_SLOTS:
+            self.register_module(name, quantizers.get(name))
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        # An explicit signature: diffusers drops keyword arguments (temb) that the processor's __call__ lacks.
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+
+    def _q(self, name: str, x: Tensor) -> Tensor:
+        quantizer = getattr(self, name)
+        return quantizer(x) if quantizer is not None else x
+
+    def forward(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None,
+                attention_mask: Tensor | None, temb: Tensor | None, **kwargs: Any) -> Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], context.shape[0])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
+        query, key, value = (attn.head_to_batch_dim(t) for t in (query, key, value))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        query, key = self._q("q_quantizer", query), self._q("k_quantizer", key)
+        probs = self._q("probs_quantizer", attn.get_attention_scores(query, key, attention_mask))
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, self._q("v_quantizer", value)))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+class _DiffusersAdapter(AttentionAdapter):
+    def matches(self, module: nn.Module) -> bool:
+        return type(module) is Attention
+
+    def site_prefix(self, path: str) -> str:
+        return f"{path}.processor"
+
+    def shapes(self, module: nn.Module) -> dict[str, SiteShape]:
+        head_q = module.to_q.out_features // module.heads
+        head_kv = module.to_k.out_features // module.heads
+        return {
+            "q_quantizer": SiteShape("activation", head_q, -1),
+            "k_quantizer": SiteShape("activation", head_kv, -1),
+            "v_quantizer": SiteShape("activation", head_kv, -1),
+            "probs_quantizer": SiteShape("activation", 1, -1),  # key count varies: per-tensor only
+        }
+
+    def install(self, model: nn.Module, path: str, quantizers: dict[str, nn.Module | None]) -> Callable[[], None]:
+        attn = model.get_submodule(path)
+        old = attn.processor
+        attn.set_processor(QuantAttnProcessor(quantizers))
+        return lambda: attn.set_processor(old)
+
+
+ADAPTERS.append(_DiffusersAdapter())
+
+
+class TimestepHook:
+    """Forward pre-hook on the denoiser: points temporal quantizers at the timestep it is called with."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.quantizers = temporal_quantizers(model)
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        value = as_timestep(_timestep_arg(args, kwargs))
+        for q in self.quantizers:
+            q.set_timestep(value)
+
+
+def _timestep_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if "timestep" in kwargs:
+        return kwargs["timestep"]
+    if len(args) > 1:
+        return args[1]
+    raise ValueError("denoiser called without a timestep argument")
+
+
+class DiffusersHost(Host):
+    """Diffusion pipelines and bare diffusers denoisers."""
+
+    name = "diffusers"
+
+    def target(self, obj: Any) -> nn.Module:
+        model = obj
+        if isinstance(obj, DiffusionPipeline):
+            model = getattr(obj, "unet", None) or getattr(obj, "transformer", None)
+        if not isinstance(model, ModelMixin) or type(model).__name__ not in DENOISERS:
+            found = type(model).__name__ if model is not None else "no unet / transformer"
+            raise TypeError(f"unsupported diffusers denoiser ({found}); supported: {', '.join(DENOISERS)}")
+        return model
+
+    def float_rules(self, model: nn.Module) -> list[FloatRule]:
+        return list(_FLOAT_RULES)
+
+    def collect(self, obj: Any, calib: Any, options: dict[str, Any]) -> CalibSet:
+        if isinstance(calib, CalibSet):
+            return calib
+        if not isinstance(obj, DiffusionPipeline):
+            raise ValueError("a bare denoiser needs calib= a visq.CalibSet of captured calls; pass the pipeline "
+                             "instead to calibrate from prompts / class ids")
+        return capture_trajectory(obj, calib, **options)
+
+    def activate(self, obj: Any, model: nn.Module) -> None:
+        old = getattr(model, "_visq_timestep_hook", None)
+        if old is not None:
+            old.remove()
+        model._visq_timestep_hook = None
+        if temporal_quantizers(model):
+            model._visq_timestep_hook = model.register_forward_pre_hook(TimestepHook(model), with_kwargs=True)
+
+
+def _pipeline_inputs(pipe: DiffusionPipeline, calib: Any) -> tuple[str, list[Any]]:
+    """Which __call__ argument the calibration items feed: prompts, class labels or an unconditional count."""
+    params = inspect.signature(pipe.__call__).parameters
+    if "prompt" in params:
+        if isinstance(calib, str) or not calib or not all(isinstance(p, str) for p in calib):
+            raise ValueError("calibrating a text-to-image pipeline needs calib= a non-empty list of prompt strings")
+        return "prompt", list(calib)
+    if "class_labels" in params:
+        if isinstance(calib, str) or not calib or not all(isinstance(c, int) for c in calib):
+            raise ValueError("calibrating a class-conditional pipeline needs calib= a non-empty list of class ids")
+        return "class_labels", list(calib)
+    if not isinstance(calib, int) or calib <= 0:
+        raise ValueError("calibrating an unconditional pipeline needs calib= the number of samples (int > 0)")
+    return "batch_size", [None] * calib
+
+
+def capture_trajectory(
+    pipe: DiffusionPipeline,
+    calib: Any,
+    num_inference_steps: int = 10,
+    batch_size: int = 8,
+    seed: int = 0,
+    **call_kwargs: Any,
+) -> CalibSet:
+    """Run the float pipeline on the calibration prompts / class ids and record every denoiser call.
+
+    Args:
+        pipe: the (still float) pipeline.
+        calib: prompts (text-to-image), class ids (DiT) or a sample count (unconditional).
+        num_inference_steps: sampling steps of each calibration run.
+        batch_size: prompts per pipeline call.
+        seed: generator seed of the first batch (batch i uses seed + i).
+        call_kwargs: further pipeline arguments (guidance_scale, height, ...).
+    """
+    arg, items = _pipeline_inputs(pipe, calib)
+    denoiser = DiffusersHost().target(pipe)
+    calls: list[Call] = []
+
+    def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        detach = lambda x: x.detach().clone() if isinstance(x, Tensor) else x  # noqa: E731
+        calls.append(Call(tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()},
+                          as_timestep(_timestep_arg(args, kwargs))))
+
+    handle = denoiser.register_forward_pre_hook(record, with_kwargs=True)
+    progress = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            value = len(chunk) if arg == "batch_size" else chunk
+            generator = torch.Generator().manual_seed(seed + i // batch_size)
+            pipe(**{arg: value}, num_inference_steps=num_inference_steps, generator=generator,
+                 output_type="latent" if arg == "prompt" else "np", **call_kwargs)
+    finally:
+        handle.remove()
+        pipe._progress_bar_config = progress
+    return CalibSet(calls)

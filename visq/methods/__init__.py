@@ -1,0 +1,12 @@
+"""Quantization methods, one file each; importing this package registers them."""
+
+from visq.methods import baseline  # noqa: F401  (registers minmax / percentile / mse)
+from visq.methods.base import METHODS, Method, get, register
+
+
+def names() -> list[str]:
+    """Registered method names."""
+    return sorted(METHODS)
+
+
+__all__ = ["METHODS", "Method", "get", "names", "register"]

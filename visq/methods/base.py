@@ -1,0 +1,53 @@
+"""The Method plug-in: optional hooks around the swap-calibrate pipeline, and the registry of methods by name.
+
+``prepare(model)`` runs before quantizers are installed (structural rewrites), ``rules(rules)`` may refine the
+recipe's specs (e.g. a percentile range rule), ``collect(pipe, calib, options)`` may replace the host's calibration
+capture, and ``refine(pipe, model, calib)`` runs after calibration (searches, reparameterisation, reconstruction).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from visq.calibrate import CalibSet
+from visq.recipes import Rule
+
+METHODS: dict[str, type[Method]] = {}
+
+
+class Method:
+    """Base class: every hook is optional and does nothing by default."""
+
+    name = "base"
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs:
+            raise TypeError(f"method {self.name!r} takes no options, got {sorted(kwargs)}")
+
+    def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        return rules
+
+    def prepare(self, model: nn.Module) -> None:
+        """Before quantizers are installed."""
+
+    def collect(self, pipe: Any, calib: Any, options: dict[str, Any]) -> CalibSet | None:
+        """Own calibration capture; None means the host's default."""
+        return None
+
+    def refine(self, pipe: Any, model: nn.Module, calib: CalibSet) -> None:
+        """After calibration."""
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get(name: str, **kwargs: Any) -> Method:
+    """Instantiate the method registered as ``name``; unknown names raise with the list of known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name](**kwargs)

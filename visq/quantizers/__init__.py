@@ -1,0 +1,6 @@
+"""Quantizer families: one file each. Importing this package registers them all."""
+
+from visq.quantizers.base import Quantizer, QuantSpec, SiteShape, build
+from visq.quantizers.uniform import Uniform, UniformQuantizer
+
+__all__ = ["QuantSpec", "Quantizer", "SiteShape", "Uniform", "UniformQuantizer", "build"]

@@ -1,0 +1,231 @@
+"""Uniform affine quantizer: per tensor, channel, token or group; symmetric or asymmetric; minmax, percentile or MSE.
+
+Equations (research/vit_methods.md 1.1):
+    q = clamp(round(x / s) + z, qmin, qmax),   x_hat = (q - z) * s
+    asymmetric: s = (u - l) / (2^b - 1), z = round(-l / s), q in [0, 2^b - 1]   (l <= 0 <= u, so 0 is exact)
+    symmetric:  s = max(|l|, |u|) / (2^(b-1) - 1), z = 0, q in [-2^(b-1), 2^(b-1) - 1]
+Range rules for (l, u): ``minmax``; ``percentile`` picks, per row, the candidate percentile with the lowest
+quantization MSE (RepQ-ViT / I&S-ViT ``quant/quantizer.py``); ``mse`` shrinks the min-max range by
+alpha in {1.0, 0.99, ..., 0.11} and keeps the lowest MSE per row (FQ-ViT's OMSE grid).
+``token`` granularity is dynamic: ranges are taken per token at run time, so it has no calibrated state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from visq.quantizers.base import Quantizer, QuantSpec, SiteShape, register, round_ste
+
+GRANULARITIES = ("tensor", "channel", "token", "group")
+RANGES = ("minmax", "percentile", "mse")
+_MAX_SAMPLES_PER_ROW = 8192
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class Uniform(QuantSpec):
+    """Uniform affine quantization settings.
+
+    Attributes:
+        bits: bit width, 1-16.
+        symmetric: signed grid with zero point 0, else unsigned grid with an integer zero point.
+        granularity: one scale per "tensor", per "channel", per "token" (dynamic) or per "group" of weights.
+        group_size: elements per group along the input dimension (granularity "group" only).
+        range: how the clipping range is chosen: "minmax", "percentile" or "mse".
+        percentiles: candidates tried by the "percentile" rule.
+        per_timestep: keep one range per denoiser timestep (diffusion activations).
+    """
+
+    kind: ClassVar[str] = "uniform"
+    bits: int = 8
+    symmetric: bool = False
+    granularity: str = "tensor"
+    group_size: int = 0
+    range: str = "minmax"
+    percentiles: tuple[float, ...] = (0.999, 0.9999, 0.99999)
+    per_timestep: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 16:
+            raise ValueError(f"bits must be in 1..16, got {self.bits}")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.range not in RANGES:
+            raise ValueError(f"range must be one of {RANGES}, got {self.range!r}")
+        if (self.granularity == "group") != (self.group_size > 0):
+            raise ValueError("group_size > 0 goes with granularity='group' and only with it")
+        if self.granularity == "token" and self.per_timestep:
+            raise ValueError("per-token ranges are dynamic; per_timestep does not apply")
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        """Integer grid limits (qmin, qmax)."""
+        if self.symmetric:
+            return -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+        return 0, 2**self.bits - 1
+
+    def short(self) -> str:
+        parts = [f"int{self.bits}", "sym" if self.symmetric else "asym", self.granularity]
+        if self.group_size:
+            parts[-1] = f"group{self.group_size}"
+        if self.granularity != "token":
+            parts.append(self.range)
+        if self.per_timestep:
+            parts.append("per-timestep")
+        return " ".join(parts)
+
+
+def fake_quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Quantize-dequantize with a straight-through gradient inside the grid (zero outside: clamp)."""
+    q = torch.clamp(round_ste(x / scale) + zero, qmin, qmax)
+    return (q - zero) * scale
+
+
+def range_to_params(lo: Tensor, hi: Tensor, spec: Uniform) -> tuple[Tensor, Tensor]:
+    """Scale and zero point that map the range [lo, hi] onto the spec's integer grid."""
+    qmin, qmax = spec.qrange
+    if spec.symmetric:
+        amax = torch.maximum(-lo, hi).clamp_min(_EPS)
+        return amax / qmax, torch.zeros_like(amax)
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    scale = (hi - lo).clamp_min(_EPS) / (qmax - qmin)
+    zero = torch.clamp(torch.round(-lo / scale), qmin, qmax)
+    return scale, zero
+
+
+@register(Uniform)
+class UniformQuantizer(Quantizer):
+    """Fake-quantizer for ``Uniform`` specs. Buffers ``scale`` / ``zero_point`` have one entry per row
+    (tensor: 1, channel: C, group: C * groups), with a leading timestep dimension when temporal."""
+
+    def __init__(self, spec: Uniform, site: SiteShape) -> None:
+        super().__init__(spec, site)
+        self.spec: Uniform = spec
+        rows = self._num_rows()
+        shape = (len(site.timesteps), rows) if spec.per_timestep else (rows,)
+        self.register_buffer("scale", torch.ones(shape))
+        self.register_buffer("zero_point", torch.zeros(shape))
+        self._stats: dict[int, dict[str, object]] = {}
+
+    def _num_rows(self) -> int:
+        spec, site = self.spec, self.site
+        if spec.granularity == "channel":
+            return site.channels
+        if spec.granularity == "group":
+            if site.role != "weight":
+                raise ValueError("group granularity applies to weights only")
+            if site.numel_per_channel % spec.group_size:
+                raise ValueError(
+                    f"group_size {spec.group_size} does not divide the {site.numel_per_channel} input elements "
+                    "per output channel; pick a divisor or use per-channel weights"
+                )
+            return site.channels * (site.numel_per_channel // spec.group_size)
+        return 1 if spec.granularity == "tensor" else 0
+
+    # -- views -------------------------------------------------------------------------------------------------
+    def _rows(self, x: Tensor) -> Tensor:
+        """View ``x`` as (rows, elements) where each row shares one scale."""
+        g = self.spec.granularity
+        if g == "tensor":
+            return x.reshape(1, -1)
+        if g == "group":
+            return x.reshape(-1, self.spec.group_size)
+        axis = self.site.axis % x.ndim
+        if x.shape[axis] != self.site.channels:
+            raise ValueError(f"expected {self.site.channels} channels on axis {axis}, got shape {tuple(x.shape)}")
+        return x.movedim(axis, 0).reshape(self.site.channels, -1)
+
+    def _current(self) -> tuple[Tensor, Tensor]:
+        if self.spec.per_timestep:
+            i = self.slot()
+            return self.scale[i], self.zero_point[i]
+        return self.scale, self.zero_point
+
+    # -- forward -----------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        qmin, qmax = self.spec.qrange
+        g = self.spec.granularity
+        if g == "token":
+            lo = x.amin(dim=-1, keepdim=True).detach()
+            hi = x.amax(dim=-1, keepdim=True).detach()
+            return fake_quantize(x, *range_to_params(lo, hi, self.spec), qmin, qmax)
+        scale, zero = self._current()
+        if g == "tensor":
+            return fake_quantize(x, scale.reshape(()), zero.reshape(()), qmin, qmax)
+        if g == "group":
+            rows = x.reshape(-1, self.spec.group_size)
+            return fake_quantize(rows, scale[:, None], zero[:, None], qmin, qmax).reshape(x.shape)
+        shape = [1] * x.ndim
+        shape[self.site.axis % x.ndim] = self.site.channels
+        return fake_quantize(x, scale.reshape(shape), zero.reshape(shape), qmin, qmax)
+
+    # -- calibration -------------------------------------------------------------------------------------------
+    def observe(self, x: Tensor) -> None:
+        """Accumulate the running range (and a bounded sample for percentile / MSE search)."""
+        if self.spec.granularity == "token":
+            return
+        rows = self._rows(x.detach().float())
+        slot = self.slot() if self.spec.per_timestep else 0
+        stats = self._stats.setdefault(slot, {"lo": None, "hi": None, "samples": []})
+        lo, hi = rows.amin(dim=1), rows.amax(dim=1)
+        stats["lo"] = lo if stats["lo"] is None else torch.minimum(stats["lo"], lo)
+        stats["hi"] = hi if stats["hi"] is None else torch.maximum(stats["hi"], hi)
+        if self.spec.range != "minmax":
+            if rows.shape[1] > _MAX_SAMPLES_PER_ROW:
+                gen = torch.Generator().manual_seed(len(stats["samples"]))
+                cols = torch.randperm(rows.shape[1], generator=gen)[:_MAX_SAMPLES_PER_ROW]
+                rows = rows[:, cols.to(rows.device)]
+            stats["samples"].append(rows)
+
+    def fit(self) -> None:
+        """Turn observed statistics into ``scale`` / ``zero_point``; raises if nothing was observed."""
+        if self.spec.granularity == "token":
+            return
+        expected = len(self.site.timesteps) if self.spec.per_timestep else 1
+        missing = expected - len(self._stats)
+        if missing:
+            raise RuntimeError(
+                f"{missing} of {expected} calibration slots saw no data: the calibration run never reached this "
+                "quantizer (a fused path bypassing it, or timesteps missing from the calibration set)"
+            )
+        for slot, stats in self._stats.items():
+            scale, zero = self._search(stats)
+            target = (self.scale[slot], self.zero_point[slot]) if self.spec.per_timestep else (
+                self.scale, self.zero_point)
+            target[0].copy_(scale)
+            target[1].copy_(zero)
+        self._stats = {}
+
+    def _search(self, stats: dict[str, object]) -> tuple[Tensor, Tensor]:
+        lo, hi = stats["lo"], stats["hi"]
+        if self.spec.range == "minmax":
+            return range_to_params(lo, hi, self.spec)
+        samples = torch.cat(stats["samples"], dim=1)
+        if self.spec.range == "percentile":
+            candidates = [
+                (torch.quantile(samples, 1 - p, dim=1), torch.quantile(samples, p, dim=1))
+                for p in self.spec.percentiles
+            ]
+        else:
+            candidates = [(lo * a, hi * a) for a in torch.linspace(1.0, 0.11, 90).tolist()]
+        return self._lowest_error(samples, candidates)
+
+    def _lowest_error(self, samples: Tensor, candidates: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Per row, the (scale, zero) of the candidate range with the lowest quantization MSE."""
+        qmin, qmax = self.spec.qrange
+        best_err = best_scale = best_zero = None
+        for lo, hi in candidates:
+            scale, zero = range_to_params(lo, hi, self.spec)
+            err = (fake_quantize(samples, scale[:, None], zero[:, None], qmin, qmax) - samples).pow(2).mean(dim=1)
+            if best_err is None:
+                best_err, best_scale, best_zero = err, scale, zero
+                continue
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_scale = torch.where(better, scale, best_scale)
+            best_zero = torch.where(better, zero, best_zero)
+        return best_scale, best_zero

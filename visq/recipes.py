@@ -1,0 +1,139 @@
+"""Recipes: which quantizer goes at which site, and which method refines it.
+
+A recipe is an ordered tuple of ``Rule(pattern, spec)``: the pattern is an ``fnmatch`` glob over site names
+(the quantizer's module path, e.g. ``blocks.0.attn.qkv.weight_quantizer``), the first matching rule wins and a
+``None`` spec keeps the site float. Strings are sugar: ``"w<W>a<A>[-g<G>]"`` (W weight bits 2-8, A activation
+bits 2-8 or 16 for float activations, G weight group size). Defaults of the grammar: weights signed symmetric per
+output channel (per group with ``-g``); activations asymmetric per tensor, static and calibrated; attention
+q, k, v and softmax probabilities quantized like the other activations.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from visq.quantizers import QuantSpec, Uniform
+
+GRAMMAR = "w<W>a<A>[-g<G>] with W in 2..8, A in 2..8 or 16 (float activations), G > 0"
+PRESETS = ("w8a8", "w6a6", "w4a8", "w4a4", "w3a3", "w8a16", "w4a16", "w4a16-g32", "w4a8-g32")
+_PATTERN = re.compile(r"w(\d+)a(\d+)(?:-g(\d+))?")
+ACTIVATION_SITES = ("*.input_quantizer", "*.q_quantizer", "*.k_quantizer", "*.v_quantizer", "*.probs_quantizer")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One recipe entry. ``optional`` rules may match no site (grammar rules for attention, say)."""
+
+    pattern: str
+    spec: QuantSpec | None
+    optional: bool = False
+
+    def matches(self, site: str) -> bool:
+        return fnmatch.fnmatchcase(site, self.pattern)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Ordered rules plus the method that calibrates and refines them.
+
+    Attributes:
+        rules: first match wins; a ``None`` spec keeps the site float.
+        name: label shown by ``summary`` and stored in ``quant.json``.
+        method: registered method name (``visq.methods.names()``).
+        method_kwargs: keyword arguments for the method.
+        keep_host_defaults: apply the host's float-keep rules (time embeddings, patch embedding...) before
+            these rules. Set False to quantize everything the rules match.
+    """
+
+    rules: tuple[Rule, ...]
+    name: str = "custom"
+    method: str = "minmax"
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    keep_host_defaults: bool = True
+
+    def spec_for(self, site: str) -> tuple[int, QuantSpec | None] | None:
+        """(rule index, spec) of the first rule matching ``site``, or None when no rule matches."""
+        for i, rule in enumerate(self.rules):
+            if rule.matches(site):
+                return i, rule.spec
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (stored in ``quant.json``)."""
+        return {
+            "name": self.name,
+            "method": self.method,
+            "method_kwargs": self.method_kwargs,
+            "keep_host_defaults": self.keep_host_defaults,
+            "rules": [
+                {"pattern": r.pattern, "spec": r.spec.to_dict() if r.spec else None, "optional": r.optional}
+                for r in self.rules
+            ],
+        }
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Recipe:
+        rules = tuple(
+            Rule(r["pattern"], QuantSpec.from_dict(r["spec"]) if r["spec"] else None, r.get("optional", False))
+            for r in data["rules"]
+        )
+        return Recipe(
+            rules,
+            name=data.get("name", "custom"),
+            method=data.get("method", "minmax"),
+            method_kwargs=dict(data.get("method_kwargs", {})),
+            keep_host_defaults=data.get("keep_host_defaults", True),
+        )
+
+
+def _invalid(text: str, why: str) -> ValueError:
+    return ValueError(f"invalid recipe {text!r}: {why}. Valid forms: {GRAMMAR}; presets: {', '.join(PRESETS)}")
+
+
+def parse(text: str) -> Recipe:
+    """Build the recipe a ``"w<W>a<A>[-g<G>]"`` string stands for; anything else raises ValueError."""
+    match = _PATTERN.fullmatch(text.strip().lower()) if isinstance(text, str) else None
+    if match is None:
+        raise _invalid(text, "not of the form w<W>a<A>[-g<G>]")
+    w, a = int(match[1]), int(match[2])
+    g = int(match[3]) if match[3] is not None else None
+    if not 2 <= w <= 8:
+        raise _invalid(text, f"weight bits {w} outside 2..8")
+    if not (2 <= a <= 8 or a == 16):
+        raise _invalid(text, f"activation bits {a} outside 2..8 (or 16 for float activations)")
+    if g is not None and g <= 0:
+        raise _invalid(text, f"group size {g} must be positive")
+    weight = Uniform(bits=w, symmetric=True, granularity="group" if g else "channel", group_size=g or 0)
+    rules = [Rule("*.weight_quantizer", weight)]
+    activation = None if a == 16 else Uniform(bits=a)
+    rules += [Rule(p, activation, optional=p != "*.input_quantizer") for p in ACTIVATION_SITES]
+    return Recipe(tuple(rules), name=text.strip().lower())
+
+
+def resolve(recipe: str | Recipe, method: str | None = None, **method_kwargs: Any) -> Recipe:
+    """A ``Recipe`` from a string or recipe, with ``method`` / kwargs (when given) taking precedence."""
+    if isinstance(recipe, str):
+        recipe = parse(recipe)
+    elif not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a string ({GRAMMAR}) or a visq.Recipe, got {type(recipe).__name__}")
+    if method is not None:
+        recipe = replace(recipe, method=method)
+    if method_kwargs:
+        recipe = replace(recipe, method_kwargs={**recipe.method_kwargs, **method_kwargs})
+    return recipe
+
+
+def with_activation_range(rules: Iterable[Rule], range_rule: str) -> tuple[Rule, ...]:
+    """The same rules with every static uniform activation spec switched to ``range_rule``."""
+    out = []
+    for rule in rules:
+        spec = rule.spec
+        is_activation = not rule.pattern.endswith("weight_quantizer")
+        if is_activation and isinstance(spec, Uniform) and spec.granularity != "token":
+            spec = replace(spec, range=range_rule)
+        out.append(replace(rule, spec=spec))
+    return tuple(out)

@@ -1,0 +1,210 @@
+"""Finding quantizer sites, deciding their specs from rules, and installing the quantizers (undoably).
+
+A *site* is one quantizer slot, named by the module path it will have: ``<layer>.weight_quantizer``,
+``<layer>.input_quantizer`` for Linear / Conv2d, and ``<attention>.{q,k,v,probs}_quantizer`` for the attention
+classes that a host adapts (timm ``Attention``, diffusers ``Attention`` through its processor...).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from torch import nn
+
+from visq.modules import quant_class_for
+from visq.quantizers import QuantSpec, SiteShape, build
+from visq.recipes import Recipe
+
+ATTENTION_SLOTS = ("q_quantizer", "k_quantizer", "v_quantizer", "probs_quantizer")
+
+
+class AttentionAdapter:
+    """How one attention class gets its q / k / v / probs quantizer slots. Hosts register instances in ADAPTERS."""
+
+    def matches(self, module: nn.Module) -> bool:
+        raise NotImplementedError
+
+    def site_prefix(self, path: str) -> str:
+        """Module path under which the slot quantizers live."""
+        return path
+
+    def shapes(self, module: nn.Module) -> dict[str, SiteShape]:
+        raise NotImplementedError
+
+    def install(self, model: nn.Module, path: str, quantizers: dict[str, nn.Module | None]) -> Callable[[], None]:
+        """Put the quantizers in place; return a function that undoes it."""
+        raise NotImplementedError
+
+
+ADAPTERS: list[AttentionAdapter] = []
+
+
+def _load_adapters() -> None:
+    # Hosts register adapters on import; only import those whose library the user already loaded,
+    # so `import visq` never pulls in timm or diffusers.
+    if "timm" in sys.modules:
+        import visq.hosts.timm  # noqa: F401
+    if "diffusers" in sys.modules:
+        import visq.hosts.diffusers  # noqa: F401
+
+
+@dataclass(frozen=True)
+class FloatRule:
+    """A host default: layers whose path matches ``pattern`` stay float, for ``reason``."""
+
+    pattern: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A module that owns sites: a layer (``adapter`` None) or an adapted attention module."""
+
+    path: str
+    prefix: str
+    shapes: dict[str, SiteShape]
+    adapter: AttentionAdapter | None = None
+
+    def site(self, slot: str) -> str:
+        return f"{self.prefix}.{slot}"
+
+
+@dataclass
+class Plan:
+    """Every site of a model with its spec (None = float), and why each float layer stays float."""
+
+    owners: list[Owner] = field(default_factory=list)
+    specs: dict[str, QuantSpec | None] = field(default_factory=dict)
+    shapes: dict[str, SiteShape] = field(default_factory=dict)
+    float_layers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> dict[str, QuantSpec]:
+        return {s: spec for s, spec in self.specs.items() if spec is not None}
+
+
+def _layer_shapes(module: nn.Module) -> dict[str, SiteShape]:
+    if isinstance(module, nn.Linear):
+        return {
+            "weight_quantizer": SiteShape("weight", module.out_features, 0, module.in_features),
+            "input_quantizer": SiteShape("activation", module.in_features, -1),
+        }
+    return {
+        "weight_quantizer": SiteShape("weight", module.out_channels, 0, module.weight[0].numel()),
+        "input_quantizer": SiteShape("activation", module.in_channels, 1),
+    }
+
+
+def find_owners(model: nn.Module) -> tuple[list[Owner], dict[str, str]]:
+    """Every module that owns quantizer sites, plus the layers with parameters that cannot be quantized."""
+    _load_adapters()
+    owners: list[Owner] = []
+    unsupported: dict[str, str] = {}
+    for path, module in model.named_modules():
+        adapter = next((a for a in ADAPTERS if a.matches(module)), None)
+        if quant_class_for(module) is not None and path:
+            owners.append(Owner(path, path, _layer_shapes(module)))
+        elif adapter is not None:
+            owners.append(Owner(path, adapter.site_prefix(path), adapter.shapes(module), adapter))
+        elif type(module).__name__.endswith("Attention"):
+            unsupported[path] = f"attention class {type(module).__name__} has no visq adapter"
+        elif any(True for _ in module.parameters(recurse=False)):
+            unsupported[path] = f"{type(module).__name__} is not a quantizable layer type"
+    return owners, unsupported
+
+
+def plan(model: nn.Module, recipe: Recipe, host_rules: list[FloatRule], timesteps: tuple[float, ...] = ()) -> Plan:
+    """Decide the spec of every site: host float-keep rules first (if the recipe keeps them), then recipe rules."""
+    owners, unsupported = find_owners(model)
+    result = Plan(owners=owners, float_layers=dict(unsupported))
+    used: set[int] = set()
+    for owner in owners:
+        host_rule = next((r for r in host_rules if fnmatch.fnmatchcase(owner.path, r.pattern)), None)
+        reasons = []
+        for slot, shape in owner.shapes.items():
+            site = owner.site(slot)
+            if recipe.keep_host_defaults and host_rule is not None:
+                spec, reason = None, f"host default: {host_rule.reason}"
+            else:
+                spec, reason = _spec_from_recipe(recipe, site, used)
+            result.specs[site], result.shapes[site] = spec, _with_timesteps(site, spec, shape, timesteps)
+            reasons.append(reason)
+        if all(result.specs[owner.site(slot)] is None for slot in owner.shapes):
+            result.float_layers[owner.path] = reasons[0]
+    _check_rules(recipe, used, result, unsupported)
+    return result
+
+
+def _with_timesteps(site: str, spec: QuantSpec | None, shape: SiteShape, timesteps: tuple[float, ...]) -> SiteShape:
+    if spec is None or not getattr(spec, "per_timestep", False):
+        return shape
+    if shape.role == "weight":
+        raise ValueError(f"{site}: per-timestep specs apply to activations only")
+    if not timesteps:
+        raise ValueError(f"{site}: a per-timestep spec needs the calibration timesteps of a diffusion pipeline")
+    return replace(shape, timesteps=timesteps)
+
+
+def _spec_from_recipe(recipe: Recipe, site: str, used: set[int]) -> tuple[QuantSpec | None, str]:
+    hit = recipe.spec_for(site)
+    if hit is None:
+        return None, "no recipe rule matches"
+    index, spec = hit
+    used.add(index)
+    return spec, f"recipe rule {index} ({recipe.rules[index].pattern!r}) keeps it float"
+
+
+def _check_rules(recipe: Recipe, used: set[int], result: Plan, unsupported: dict[str, str]) -> None:
+    for i, rule in enumerate(recipe.rules):
+        if i not in used and not rule.optional:
+            examples = ", ".join(list(result.specs)[:4]) or "none"
+            raise ValueError(
+                f"recipe rule {i} ({rule.pattern!r}) matches no quantizer site. Site names look like: {examples}. "
+                "Fix the pattern or mark the rule optional=True."
+            )
+    wants_attention = any(
+        rule.spec is not None and any(rule.matches(f"x.{slot}") for slot in ATTENTION_SLOTS) for rule in recipe.rules
+    )
+    bypassed = [p for p, why in unsupported.items() if why.startswith("attention class")]
+    if wants_attention and bypassed:
+        raise ValueError(
+            f"{bypassed[0]}: {unsupported[bypassed[0]]}, so its q/k/v/probs quantizers would be silently skipped "
+            "(fused attention). Keep attention float with a Recipe whose '*.q_quantizer', '*.k_quantizer', "
+            "'*.v_quantizer' and '*.probs_quantizer' rules are None (or activation bits 16)."
+        )
+
+
+def install(model: nn.Module, result: Plan) -> Callable[[], None]:
+    """Build the planned quantizers and put them in place; the returned function restores the float model."""
+    undo: list[Callable[[], None]] = []
+    try:
+        for owner in result.owners:
+            specs = {slot: result.specs[owner.site(slot)] for slot in owner.shapes}
+            if all(spec is None for spec in specs.values()):
+                continue
+            quantizers = {
+                slot: build(spec, result.shapes[owner.site(slot)]) if spec is not None else None
+                for slot, spec in specs.items()
+            }
+            undo.append(_install_one(model, owner, quantizers))
+    except BaseException:
+        _run_undo(undo)
+        raise
+    return lambda: _run_undo(undo)
+
+
+def _install_one(model: nn.Module, owner: Owner, quantizers: dict[str, nn.Module | None]) -> Callable[[], None]:
+    if owner.adapter is not None:
+        return owner.adapter.install(model, owner.path, quantizers)
+    module = model.get_submodule(owner.path)
+    new = quant_class_for(module).from_float(module, quantizers["input_quantizer"], quantizers["weight_quantizer"])
+    model.set_submodule(owner.path, new)
+    return lambda: model.set_submodule(owner.path, module)
+
+
+def _run_undo(undo: list[Callable[[], None]]) -> None:
+    for fn in reversed(undo):
+        fn()
