@@ -1,0 +1,107 @@
+"""Core overheads: fake-quant inference after ``freeze`` vs float, and calibration time, on the zoo models.
+
+    python -m eval.bench_core            # writes eval/results/core_bench.md
+
+Timings are medians of interleaved repeats on this machine's CPU (2 cores), so float and quantized runs see the
+same background load.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import visq
+from visq import zoo
+
+OUT = Path(__file__).parent / "results" / "core_bench.md"
+
+
+@dataclass(frozen=True)
+class Config:
+    repeats: int = 7
+    calib_prompts: int = 32
+    calib_steps: int = 10
+    sample_steps: int = 20
+    threads: int = 2
+    seed: int = 0
+
+
+def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_vit(cfg: Config) -> dict[str, float]:
+    from visq.zoo.shapes import ShapesDataset
+    from visq.zoo.vit import VIT_DATA, normalize
+
+    x = normalize(ShapesDataset("heldout", size=64, seed=cfg.seed, cfg=VIT_DATA).images)
+    float_model = zoo.load("shapes-vit")
+    quantized = visq.quantize(zoo.load("shapes-vit"), "w8a8", calib=x[:32], progress=False)
+    frozen = visq.freeze(visq.quantize(zoo.load("shapes-vit"), "w8a8", calib=x[:32], progress=False))
+    with torch.no_grad():
+        return _median_ms({"float": lambda: float_model(x), "w8a8": lambda: quantized(x),
+                           "w8a8 frozen": lambda: frozen(x)}, cfg.repeats)
+
+
+def bench_sd(cfg: Config) -> tuple[dict[str, float], float]:
+    from visq.zoo.shapes import ShapesDataset
+
+    prompts = ShapesDataset("train", size=cfg.calib_prompts, seed=cfg.seed).captions
+    float_pipe, pipe = zoo.load("shapes-sd"), zoo.load("shapes-sd")
+    start = time.perf_counter()
+    visq.quantize(pipe, "w8a8", calib=prompts, calib_options={"num_inference_steps": cfg.calib_steps},
+                  progress=False)
+    calib_s = time.perf_counter() - start
+    frozen = visq.freeze(pipe)
+
+    def run(p):
+        return lambda: p(prompts[:8], num_inference_steps=cfg.sample_steps, output_type="np",
+                         generator=torch.Generator().manual_seed(cfg.seed))
+
+    with torch.no_grad():
+        return _median_ms({"float": run(float_pipe), "w8a8 frozen": run(frozen)}, max(3, cfg.repeats // 2)), calib_s
+
+
+def main(cfg: Config = Config()) -> dict[str, object]:
+    torch.set_num_threads(cfg.threads)
+    vit = bench_vit(cfg)
+    sd, calib_s = bench_sd(cfg)
+    lines = [
+        "# Core overheads (fake quantization, CPU)",
+        "",
+        f"Command: `python -m eval.bench_core` (torch threads {cfg.threads}, {cfg.repeats} interleaved repeats, "
+        f"median; seed {cfg.seed}). Models: zoo `shapes-vit` (batch 64 held-out images) and zoo `shapes-sd` "
+        f"(8 prompts, {cfg.sample_steps} DDIM steps).",
+        "",
+        "| model | float ms | W8A8 ms (re-quantizing weights) | W8A8 frozen ms | frozen / float |",
+        "|---|---|---|---|---|",
+        f"| shapes-vit | {vit['float']:.1f} | {vit['w8a8']:.1f} | {vit['w8a8 frozen']:.1f} | "
+        f"{vit['w8a8 frozen'] / vit['float']:.2f}x |",
+        f"| shapes-sd (8 images) | {sd['float']:.0f} | - | {sd['w8a8 frozen']:.0f} | "
+        f"{sd['w8a8 frozen'] / sd['float']:.2f}x |",
+        "",
+        f"Calibration of shapes-sd, {cfg.calib_prompts} prompts x {cfg.calib_steps} steps (capture + observe + fit): "
+        f"{calib_s:.1f} s.",
+    ]
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return {"vit": vit, "sd": sd, "calib_s": calib_s}
+
+
+if __name__ == "__main__":
+    main()
