@@ -24,11 +24,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Call:
-    """One captured forward call of the quantized module; ``timestep`` is set for diffusion denoisers."""
+    """One captured forward call of the quantized module.
+
+    Attributes:
+        args, kwargs: the call's arguments (tensors detached).
+        timestep: the denoiser timestep (diffusion models).
+        run, step: which pipeline run and which of its sampling steps made the call (diffusion models).
+        cfg: the batch is [unconditional half, conditional half] (classifier-free guidance).
+    """
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     timestep: float | None = None
+    run: int = 0
+    step: int = 0
+    cfg: bool = False
 
 
 def _tensors(obj: Any) -> Iterator[tuple[str, Tensor]]:
@@ -73,8 +83,16 @@ class CalibSet(Sequence[Call]):
 
 
 def activation_quantizers(model: nn.Module) -> list[Quantizer]:
-    """Every activation quantizer in ``model``."""
-    return [m for m in model.modules() if isinstance(m, Quantizer) and m.site.role == "activation"]
+    """Every outermost activation quantizer in ``model`` (a composite quantizer drives its own children)."""
+    found, outer = [], None
+    for name, m in model.named_modules():  # pre-order: a composite's children follow it directly
+        if outer is not None and name.startswith(f"{outer}."):
+            continue
+        if isinstance(m, Quantizer):
+            outer = name
+            if m.site.role == "activation":
+                found.append(m)
+    return found
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -127,13 +127,18 @@ def resolve(recipe: str | Recipe, method: str | None = None, **method_kwargs: An
     return recipe
 
 
-def with_activation_range(rules: Iterable[Rule], range_rule: str) -> tuple[Rule, ...]:
-    """The same rules with every static uniform activation spec switched to ``range_rule``."""
+def map_activation_specs(rules: Iterable[Rule], change: Callable[[Uniform], Uniform]) -> tuple[Rule, ...]:
+    """The same rules with ``change`` applied to every static (not per-token) uniform activation spec."""
     out = []
     for rule in rules:
         spec = rule.spec
         is_activation = not rule.pattern.endswith("weight_quantizer")
         if is_activation and isinstance(spec, Uniform) and spec.granularity != "token":
-            spec = replace(spec, range=range_rule)
+            spec = change(spec)
         out.append(replace(rule, spec=spec))
     return tuple(out)
+
+
+def with_activation_range(rules: Iterable[Rule], range_rule: str) -> tuple[Rule, ...]:
+    """The same rules with every static uniform activation spec switched to ``range_rule``."""
+    return map_activation_specs(rules, lambda spec: replace(spec, range=range_rule))

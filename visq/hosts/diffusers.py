@@ -181,6 +181,12 @@ class DiffusersHost(Host):
             model._visq_timestep_hook = model.register_forward_pre_hook(TimestepHook(model), with_kwargs=True)
 
 
+def _guidance(pipe: DiffusionPipeline, call_kwargs: dict[str, Any]) -> float:
+    param = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
+    default = param.default if param is not None else 1.0
+    return float(call_kwargs.get("guidance_scale", default))
+
+
 def _pipeline_inputs(pipe: DiffusionPipeline, calib: Any) -> tuple[str, list[Any]]:
     """Which __call__ argument the calibration items feed: prompts, class labels or an unconditional count."""
     params = inspect.signature(pipe.__call__).parameters
@@ -216,25 +222,32 @@ def capture_trajectory(
         call_kwargs: further pipeline arguments (guidance_scale, height, ...).
     """
     arg, items = _pipeline_inputs(pipe, calib)
-    denoiser = DiffusersHost().target(pipe)
-    calls: list[Call] = []
-
-    def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        detach = lambda x: x.detach().clone() if isinstance(x, Tensor) else x  # noqa: E731
-        calls.append(Call(tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()},
-                          as_timestep(_timestep_arg(args, kwargs))))
-
-    handle = denoiser.register_forward_pre_hook(record, with_kwargs=True)
+    recorder = _Recorder(cfg=arg != "batch_size" and _guidance(pipe, call_kwargs) > 1)
+    handle = DiffusersHost().target(pipe).register_forward_pre_hook(recorder, with_kwargs=True)
     progress = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
     try:
-        for i in range(0, len(items), batch_size):
+        for run, i in enumerate(range(0, len(items), batch_size)):
+            recorder.run, recorder.step = run, 0
             chunk = items[i : i + batch_size]
             value = len(chunk) if arg == "batch_size" else chunk
-            generator = torch.Generator().manual_seed(seed + i // batch_size)
-            pipe(**{arg: value}, num_inference_steps=num_inference_steps, generator=generator,
-                 output_type="latent" if arg == "prompt" else "np", **call_kwargs)
+            pipe(**{arg: value}, num_inference_steps=num_inference_steps, generator=torch.Generator().manual_seed(
+                seed + run), output_type="latent" if arg == "prompt" else "np", **call_kwargs)
     finally:
         handle.remove()
         pipe._progress_bar_config = progress
-    return CalibSet(calls)
+    return CalibSet(recorder.calls)
+
+
+class _Recorder:
+    """Forward pre-hook recording each denoiser call with its run and step index."""
+
+    def __init__(self, cfg: bool) -> None:
+        self.calls: list[Call] = []
+        self.cfg, self.run, self.step = cfg, 0, 0
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        detach = lambda x: x.detach().clone() if isinstance(x, Tensor) else x  # noqa: E731
+        self.calls.append(Call(tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()},
+                               as_timestep(_timestep_arg(args, kwargs)), self.run, self.step, self.cfg))
+        self.step += 1

@@ -1,6 +1,7 @@
 """Quantizer families: one file each. Importing this package registers them all."""
 
 from visq.quantizers.base import Quantizer, QuantSpec, SiteShape, build
+from visq.quantizers.split import Split, SplitQuantizer
 from visq.quantizers.uniform import Uniform, UniformQuantizer
 
-__all__ = ["QuantSpec", "Quantizer", "SiteShape", "Uniform", "UniformQuantizer", "build"]
+__all__ = ["QuantSpec", "Quantizer", "SiteShape", "Split", "SplitQuantizer", "Uniform", "UniformQuantizer", "build"]

@@ -31,10 +31,12 @@ class QuantSpec:
         SPECS[cls.kind] = cls
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, tagged with the family name."""
+        """JSON-able form, tagged with the family name (nested specs nest)."""
         out = {"type": self.kind}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, QuantSpec):
+                value = value.to_dict()
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -46,15 +48,20 @@ class QuantSpec:
         if kind not in SPECS:
             raise ValueError(f"unknown quantizer type {kind!r}; known: {sorted(SPECS)}")
         cls = SPECS[kind]
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(data) - set(names)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{kind} spec has unknown fields {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return cls(**{k: _field_from_json(v) for k, v in data.items()})
 
     def short(self) -> str:
         """One-line human description used by ``summary``."""
         return repr(self)
+
+
+def _field_from_json(value: Any) -> Any:
+    if isinstance(value, dict) and "type" in value:
+        return QuantSpec.from_dict(value)
+    return tuple(value) if isinstance(value, list) else value
 
 
 def register(spec_cls: type[QuantSpec]):

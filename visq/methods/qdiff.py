@@ -1,0 +1,82 @@
+"""Q-Diffusion baseline (Li et al., ICCV 2023; research/diffusion_methods.md 8.1, 0.3).
+
+- Time step-aware calibration: calls at ``calib_steps`` timesteps spread uniformly over the float trajectory
+  (``qdiff/utils.py::get_train_samples``: ``range(0, nsteps, nsteps // cali_st)``), both CFG halves kept.
+- Shortcut splitting: in UNet decoder blocks the ResNet input is ``cat([h, skip], dim=1)``; ``conv1`` and the
+  1x1 ``conv_shortcut`` get separate ranges for the ``h`` and ``skip`` channels (input and weight), via ``Split``.
+  The split index is the channel count of the upsampled ``h`` [RECON: the diffusers mapping, spec 0.1].
+Deviation: activation ranges are min-max over the selected calls (Q-Diffusion's SD script uses an EMA of min/max);
+block reconstruction is not run by this method (see ``eda`` for a reconstructing method).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from visq.calibrate import CalibSet
+from visq.methods.base import Method, register
+from visq.quantizers import Split, Uniform
+from visq.recipes import Recipe, Rule
+from visq.trajectory import uniform_steps
+
+
+def skip_concat_splits(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Layer path -> (split, channels) for every UNet decoder layer whose input is ``cat([h, skip])``."""
+    if not hasattr(model, "up_blocks"):
+        return {}
+    mid = getattr(model, "mid_block", None)
+    prev = mid.resnets[-1].out_channels if mid is not None else model.config.block_out_channels[-1]
+    splits: dict[str, tuple[int, int]] = {}
+    for b, block in enumerate(model.up_blocks):
+        for i, resnet in enumerate(block.resnets):
+            h_channels = prev if i == 0 else block.resnets[i - 1].out_channels
+            total = resnet.conv1.in_channels
+            if total > h_channels:
+                splits[f"up_blocks.{b}.resnets.{i}.conv1"] = (h_channels, total)
+                if resnet.conv_shortcut is not None:
+                    splits[f"up_blocks.{b}.resnets.{i}.conv_shortcut"] = (h_channels, total)
+        prev = block.resnets[-1].out_channels
+    return splits
+
+
+def split_rules(rules: tuple[Rule, ...], splits: dict[str, tuple[int, int]]) -> tuple[Rule, ...]:
+    """Exact-site ``Split`` rules wrapping what ``rules`` would give each concat layer, ahead of ``rules``."""
+    base = Recipe(rules)
+    extra = []
+    for layer, (split, channels) in splits.items():
+        for slot in ("input_quantizer", "weight_quantizer"):
+            hit = base.spec_for(f"{layer}.{slot}")
+            spec = hit[1] if hit else None
+            if isinstance(spec, Uniform) and spec.granularity in ("tensor", "channel"):
+                extra.append(Rule(f"{layer}.{slot}", Split(inner=spec, split=split, channels=channels), optional=True))
+    return tuple(extra) + rules
+
+
+@register
+class QDiffusion(Method):
+    """Uniform-over-trajectory calibration and shortcut splitting.
+
+    Args:
+        calib_steps: timesteps kept for calibration (None keeps every captured step).
+        split: apply shortcut splitting to UNet decoder concat inputs.
+    """
+
+    name = "qdiff"
+
+    def __init__(self, calib_steps: int | None = None, split: bool = True) -> None:
+        self.calib_steps, self.split = calib_steps, split
+        self.splits: dict[str, tuple[int, int]] = {}
+
+    def collect(self, pipe: Any, calib: Any, options: dict[str, Any]) -> CalibSet | None:
+        from visq.hosts import detect
+
+        full = detect(pipe).collect(pipe, calib, options)
+        return uniform_steps(full, self.calib_steps) if self.calib_steps else full
+
+    def prepare(self, model: nn.Module) -> None:
+        self.splits = skip_concat_splits(model) if self.split else {}
+
+    def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        return split_rules(rules, self.splits)
