@@ -120,7 +120,6 @@ def plan(model: nn.Module, recipe: Recipe, host_rules: list[FloatRule], timestep
     """Decide the spec of every site: host float-keep rules first (if the recipe keeps them), then recipe rules."""
     owners, unsupported = find_owners(model)
     result = Plan(owners=owners, float_layers=dict(unsupported))
-    used: set[int] = set()
     for owner in owners:
         host_rule = next((r for r in host_rules if fnmatch.fnmatchcase(owner.path, r.pattern)), None)
         reasons = []
@@ -129,12 +128,12 @@ def plan(model: nn.Module, recipe: Recipe, host_rules: list[FloatRule], timestep
             if recipe.keep_host_defaults and host_rule is not None:
                 spec, reason = None, f"host default: {host_rule.reason}"
             else:
-                spec, reason = _spec_from_recipe(recipe, site, used)
+                spec, reason = _spec_from_recipe(recipe, site)
             result.specs[site], result.shapes[site] = spec, _with_timesteps(site, spec, shape, timesteps)
             reasons.append(reason)
         if all(result.specs[owner.site(slot)] is None for slot in owner.shapes):
             result.float_layers[owner.path] = reasons[0]
-    _check_rules(recipe, used, result, unsupported)
+    _check_rules(recipe, result, unsupported)
     return result
 
 
@@ -148,18 +147,17 @@ def _with_timesteps(site: str, spec: QuantSpec | None, shape: SiteShape, timeste
     return replace(shape, timesteps=timesteps)
 
 
-def _spec_from_recipe(recipe: Recipe, site: str, used: set[int]) -> tuple[QuantSpec | None, str]:
+def _spec_from_recipe(recipe: Recipe, site: str) -> tuple[QuantSpec | None, str]:
     hit = recipe.spec_for(site)
     if hit is None:
         return None, "no recipe rule matches"
     index, spec = hit
-    used.add(index)
     return spec, f"recipe rule {index} ({recipe.rules[index].pattern!r}) keeps it float"
 
 
-def _check_rules(recipe: Recipe, used: set[int], result: Plan, unsupported: dict[str, str]) -> None:
+def _check_rules(recipe: Recipe, result: Plan, unsupported: dict[str, str]) -> None:
     for i, rule in enumerate(recipe.rules):
-        if i not in used and not rule.optional:
+        if not rule.optional and not any(rule.matches(site) for site in result.specs):
             examples = ", ".join(list(result.specs)[:4]) or "none"
             raise ValueError(
                 f"recipe rule {i} ({rule.pattern!r}) matches no quantizer site. Site names look like: {examples}. "

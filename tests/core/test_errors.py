@@ -40,7 +40,7 @@ def test_bad_recipe_method_and_rule(vit, images):
     before = snapshot(vit)
     with pytest.raises(ValueError, match="Valid forms"):
         visq.quantize(vit, "w4a9", calib=images)
-    with pytest.raises(ValueError, match="unknown method 'nope'; available: minmax"):
+    with pytest.raises(ValueError, match="unknown method 'nope'; available: .*minmax"):
         visq.quantize(vit, "w8a8", method="nope", calib=images)
     with pytest.raises(ValueError, match="matches no quantizer site"):
         visq.quantize(vit, visq.Recipe((visq.Rule("decoder.*", visq.Uniform()),)), calib=images)
