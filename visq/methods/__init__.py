@@ -1,6 +1,6 @@
 """Quantization methods, one file each; importing this package registers them."""
 
-from visq.methods import baseline, dgq, qdiff, temporal  # noqa: F401  (registration)
+from visq.methods import baseline, dgq, eda, qdiff, temporal  # noqa: F401  (registration)
 from visq.methods.base import METHODS, Method, get, register
 
 
