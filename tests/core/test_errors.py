@@ -102,3 +102,8 @@ def test_import_visq_is_lean():
     code = "import sys, visq; print(sorted(m for m in ('diffusers', 'timm') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_unsupported_diffusers_model(sd):
+    with pytest.raises(TypeError, match="unsupported diffusers denoiser \\(AutoencoderKL\\); supported: UNet2DModel"):
+        visq.quantize(sd.vae, "w8a8", calib=["x"])
