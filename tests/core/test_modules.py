@@ -48,3 +48,15 @@ def test_quant_layers_share_float_parameters():
     weight = net.fc.weight
     visq.quantize(net, "w8a8", calib=torch.randn(2, 3, 8, 8), progress=False)
     assert net.fc.weight is weight
+
+
+def test_bf16_model_stays_bf16():
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(4, 3, 8, 8)
+    visq.quantize(net, "w8a8", calib=x, progress=False)
+    ref = net(x)
+    net.to(torch.bfloat16)
+    out = net(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), ref, atol=0.05, rtol=0.05)

@@ -80,9 +80,12 @@ class Uniform(QuantSpec):
 
 
 def fake_quantize(x: Tensor, scale: Tensor, zero: Tensor, qmin: int, qmax: int) -> Tensor:
-    """Quantize-dequantize with a straight-through gradient inside the grid (zero outside: clamp)."""
+    """Quantize-dequantize with a straight-through gradient inside the grid (zero outside: clamp).
+
+    The result has ``x``'s dtype whatever the buffers' dtype (a bf16 model keeps bf16 activations).
+    """
     q = torch.clamp(round_ste(x / scale) + zero, qmin, qmax)
-    return (q - zero) * scale
+    return ((q - zero) * scale).to(x.dtype)
 
 
 def range_to_params(lo: Tensor, hi: Tensor, spec: Uniform) -> tuple[Tensor, Tensor]:
