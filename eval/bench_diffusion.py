@@ -1,0 +1,135 @@
+"""Diffusion PTQ benchmark: every method at W8A8 / W4A8 / W4A4 on the zoo text-to-image pipeline and the zoo DiT.
+
+    python -m eval.bench_diffusion            # writes eval/results/diffusion_ptq.md (resumable: reruns skip done work)
+
+Each model runs through the batch runner (``eval.images.run``): the same prompts / classes and per-image seeds for
+every configuration, the quantized models calibrated on separate training captions (or all classes) with the same
+sampler settings as generation. Metrics: FID against held-out real visq-shapes images on the judge CLIP's features
+and on the standard Inception, CLIP score (judge CLIP, text-to-image only), PSNR / SSIM to the same-seed float
+images, and calibration time. Which layers stay float is listed per method (results are not comparable without it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eval.images import GenSpec, RunSpec, Scorers, judge_clip, reference_from_arg, run
+
+OUT = Path(__file__).parent / "results" / "diffusion_ptq.md"
+
+
+@dataclass(frozen=True)
+class Config:
+    methods: tuple[str, ...] = ("minmax", "qdiff", "temporal", "eda", "dgq")
+    bits: tuple[str, ...] = ("w8a8", "w4a8", "w4a4")
+    prompts: int = 32
+    per_prompt: int = 2
+    dit_per_class: int = 12
+    calib_prompts: int = 32
+    steps: int = 20
+    guidance: float = 4.0
+    seed: int = 0
+    reference_n: int = 1000
+    inception: bool = True
+    out: str = "runs/bench_diffusion"
+
+
+def _specs(cfg: Config) -> dict[str, RunSpec]:
+    from visq.zoo.shapes import SHAPES, ShapesDataset
+
+    configs = ["float"] + [f"{b}@{m}" for b in cfg.bits for m in cfg.methods]
+    gen = GenSpec(cfg.steps, cfg.guidance)
+    prompts = ShapesDataset("heldout", size=cfg.prompts, seed=cfg.seed + 1).captions
+    calib = ShapesDataset("train", size=cfg.calib_prompts, seed=cfg.seed + 2).captions
+    classes = list(range(len(SHAPES)))
+    return {
+        "shapes-sd": RunSpec("shapes-sd", prompts=prompts, per_prompt=cfg.per_prompt, seed=cfg.seed, gen=gen,
+                             configs=configs, calib=calib),
+        "shapes-dit": RunSpec("shapes-dit", classes=classes, per_prompt=cfg.dit_per_class, seed=cfg.seed, gen=gen,
+                              configs=configs, calib=classes * 4),
+    }
+
+
+def _inception_fids(folder: Path, results: dict[str, dict], cfg: Config) -> None:
+    from eval.fid import fid_images, inception
+    from eval.io import scan_images
+
+    net = inception()
+    reference = reference_from_arg("shapes", net, cfg.reference_n, None, False)
+    for name, metrics in results.items():
+        metrics["fid_inception"] = fid_images(net, scan_images(folder / name).paths, reference)
+
+
+def bench_model(name: str, spec: RunSpec, cfg: Config) -> dict[str, dict]:
+    """Generate and score every configuration of one zoo model (cached in metrics_full.json once done)."""
+    folder = Path(cfg.out) / name
+    done = folder / "metrics_full.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    clip = judge_clip()
+    reference = reference_from_arg("shapes", clip, cfg.reference_n, None, False)
+    scorers = Scorers(clip, reference, clip if spec.prompts else None, batch_size=64)
+    results = run(spec, folder, scorers)
+    if cfg.inception:
+        _inception_fids(folder, results, cfg)
+    for config, metrics in results.items():
+        info_path = folder / config / "config.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        metrics["calib_seconds"] = info.get("calib_seconds")
+        quant = folder / "_models" / config / "quant.json"
+        if quant.is_file():  # layers with weights kept float, with the reason (norms are never quantized)
+            kept = json.loads(quant.read_text())["float_layers"]
+            metrics["float_layers"] = {k: v for k, v in kept.items() if "not a quantizable layer" not in v}
+    done.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _cell(metrics: dict[str, Any] | None, key: str, fmt: str) -> str:
+    value = (metrics or {}).get(key)
+    return fmt.format(value) if isinstance(value, (int, float)) else "-"
+
+
+def table(name: str, results: dict[str, dict], cfg: Config) -> list[str]:
+    """Markdown tables (rows = methods, columns = bit widths) for one model."""
+    keys = [("psnr", "PSNR to float (dB)", "{:.2f}"), ("ssim", "SSIM to float", "{:.3f}"),
+            ("fid", "FID, judge-CLIP features", "{:.2f}"), ("fid_inception", "FID, Inception", "{:.1f}"),
+            ("clip_score", "CLIP score (judge)", "{:.2f}"), ("calib_seconds", "calibration s", "{:.0f}")]
+    lines = [f"### {name}", "", "float: " + ", ".join(
+        f"{label} {_cell(results.get('float'), key, fmt)}" for key, label, fmt in keys[2:5]), ""]
+    for key, label, fmt in keys:
+        if not any(key in m for m in results.values()):
+            continue
+        lines += [f"**{label}**", "", "| method | " + " | ".join(b.upper() for b in cfg.bits) + " |",
+                  "|---|" + "---|" * len(cfg.bits)]
+        for method in cfg.methods:
+            cells = [_cell(results.get(f"{b}@{method}"), key, fmt) for b in cfg.bits]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Linear / Conv2d layers kept float (host defaults; every other such layer is quantized):", ""]
+    for method in cfg.methods:
+        kept = (results.get(f"{cfg.bits[0]}@{method}") or {}).get("float_layers") or {}
+        lines.append(f"- {method}: " + (", ".join(f"`{k}`" for k in kept) or "none"))
+    return lines + [""]
+
+
+def main(cfg: Config = Config()) -> dict[str, dict]:
+    all_results = {name: bench_model(name, spec, cfg) for name, spec in _specs(cfg).items()}
+    lines = ["# Diffusion post-training quantization on the zoo models", "",
+             f"Command: `python -m eval.bench_diffusion` (seed {cfg.seed}; {cfg.prompts} held-out captions x "
+             f"{cfg.per_prompt} images for shapes-sd, {cfg.dit_per_class} images per class for shapes-dit; DDIM "
+             f"{cfg.steps} steps, guidance {cfg.guidance}; calibration on {cfg.calib_prompts} training captions / "
+             f"every class x 4 with the same sampler settings; FID references: {cfg.reference_n} held-out real "
+             "visq-shapes images).", ""]
+    for name, results in all_results.items():
+        lines += table(name, results, cfg)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return all_results
+
+
+if __name__ == "__main__":
+    main()

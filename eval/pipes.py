@@ -1,0 +1,156 @@
+"""Getting the pipeline of one evaluated configuration: load (zoo name or local folder), then quantize or load
+a saved quantized model, and measure its denoiser's size at the stored weight bits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eval.dist import state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """One configuration to evaluate: float, a recipe (+ method) to quantize with, or a saved quantized folder."""
+
+    name: str
+    recipe: str | None = None
+    method: str | None = None
+    load: str | None = None
+
+    @classmethod
+    def parse(cls, token: str) -> QuantConfig:
+        """``float`` | ``<recipe>[@<method>]`` (e.g. ``w4a8@ias``) | ``load:<folder>``."""
+        if token == "float":
+            return cls("float")
+        if token.startswith("load:"):
+            folder = token[len("load:") :]
+            return cls(f"loaded-{Path(folder).name}", load=folder)
+        recipe, _, method = token.partition("@")
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", token)
+        return cls(name, recipe, method or None)
+
+    @property
+    def quantized(self) -> bool:
+        return self.recipe is not None or self.load is not None
+
+
+def zoo_names() -> list[str]:
+    """Names ``visq.zoo.load`` knows (empty when the zoo is not available)."""
+    try:
+        from visq import zoo
+    except ImportError:
+        return []
+    names = getattr(zoo, "names", None)
+    return list(names()) if callable(names) else []
+
+
+def load_pipeline(model: str) -> Any:
+    """A float diffusers pipeline from a zoo name or a local diffusers folder (``model_index.json``), in eval mode.
+
+    Raises:
+        FileNotFoundError: a path that does not exist or holds no diffusers pipeline.
+        ValueError: an unknown name (the message lists the zoo names).
+    """
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch.float32)
+    elif model in zoo_names():
+        from visq import zoo
+
+        pipe = zoo.load(model)
+    elif "/" in model or path.suffix:
+        raise FileNotFoundError(f"pipeline folder not found: {path}")
+    else:
+        names = ", ".join(zoo_names()) or "(visq.zoo not available)"
+        raise ValueError(f"unknown model {model!r}; zoo names: {names}; or give a local diffusers folder")
+    for component in pipe.components.values():
+        if isinstance(component, nn.Module):
+            component.eval()  # built-from-config diffusers models start in train mode (DESIGN section 9)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def denoiser(pipe: Any) -> nn.Module:
+    """The module visq quantizes: ``pipe.unet`` or ``pipe.transformer``."""
+    for attr in ("unet", "transformer"):
+        if isinstance(getattr(pipe, attr, None), nn.Module):
+            return getattr(pipe, attr)
+    raise TypeError(f"{type(pipe).__name__} has neither a unet nor a transformer")
+
+
+def _weight_bits(module: nn.Module) -> int | None:
+    q = getattr(module, "weight_quantizer", None)
+    spec = getattr(q, "spec", q)
+    bits = getattr(spec, "bits", None)
+    return int(bits) if bits is not None else None
+
+
+def calibration_seconds(models_dir: Path, cfg: QuantConfig) -> dict[str, float]:
+    """The recorded calibration time of a quantized configuration (empty for float or loaded ones)."""
+    done = models_dir / f"{cfg.name}.done"
+    seconds = json.loads(done.read_text()).get("calib_seconds") if done.is_file() else None
+    return {"calib_seconds": seconds} if seconds is not None else {}
+
+
+def model_size(pipe: Any) -> dict[str, float]:
+    """Denoiser size at the stored weight bits (float parameters count at their dtype's bits)."""
+    model = denoiser(pipe)
+    total_bits = 0
+    n_params = 0
+    for module in model.modules():
+        bits = _weight_bits(module)
+        for name, p in module.named_parameters(recurse=False):
+            n_params += p.numel()
+            quantized = bits is not None and name == "weight"
+            total_bits += p.numel() * (bits if quantized else p.element_size() * 8)
+    return {"params_m": n_params / 1e6, "size_mb": total_bits / 8 / 1e6, "weight_bits": total_bits / max(n_params, 1)}
+
+
+def prepare(
+    model: str, cfg: QuantConfig, models_dir: Path, calib: list | None, calib_options: dict[str, Any] | None = None
+) -> Any:
+    """The pipeline of one configuration; every process of a run must call it (it synchronises them).
+
+    A recipe is applied once, on the main process, and saved under ``models_dir/<name>``; other processes and
+    resumed runs load that saved model, so every image of a configuration comes from the same calibration.
+    ``calib_options`` go to ``visq.quantize`` (sampler steps and guidance of the calibration runs); the
+    calibration time is recorded in ``<name>.done``.
+    """
+    import visq
+
+    pipe = load_pipeline(model)
+    if cfg.load is not None:
+        if not Path(cfg.load).is_dir():
+            raise FileNotFoundError(f"saved quantized folder not found: {cfg.load}")
+        visq.load(pipe, cfg.load)
+    elif cfg.recipe is not None:
+        saved, done = models_dir / cfg.name, models_dir / f"{cfg.name}.done"
+        with state().main_process_first():
+            if done.is_file():
+                log.info("%s: loading the quantized model saved at %s", cfg.name, saved)
+                visq.load(pipe, str(saved))
+            else:
+                log.info("%s: quantizing with %s (method %s)", cfg.name, cfg.recipe, cfg.method or "default")
+                start = time.perf_counter()
+                visq.quantize(pipe, cfg.recipe, method=cfg.method, calib=calib, calib_options=calib_options)
+                seconds = time.perf_counter() - start
+                visq.save(pipe, str(saved))
+                done.write_text(json.dumps({**asdict(cfg), "calib_seconds": seconds}))
+    if cfg.quantized and hasattr(visq, "freeze"):
+        visq.freeze(pipe)  # cache fake-quantized weights: generation then costs what float does, plus activations
+    return pipe
