@@ -49,3 +49,22 @@ def test_eda_method_end_to_end(sd):
                   progress=False)
     assert visq.quant_state(sd).recipe.method == "eda"
     assert torch.isfinite(sd(PROMPTS[0], num_inference_steps=3, output_type="pt").images).all()
+
+
+def test_fbr_lowers_the_block_error_on_tiny_sd(sd, trajectory):
+    from visq.methods.fbr import denoiser_blocks, reconstruct_denoiser
+    from visq.reconstruct import ReconConfig, capture, passthrough
+
+    visq.quantize(sd, "w4a8", calib=trajectory, progress=False)
+    unet = sd.unet
+    with passthrough(unet):
+        ref = capture(unet, ["up_blocks.1"], trajectory)["up_blocks.1"].output
+
+    def error():
+        out = capture(unet, ["up_blocks.1"], trajectory)["up_blocks.1"].output
+        return (out - ref).pow(2).mean().item()
+
+    before = error()
+    losses = reconstruct_denoiser(unet, trajectory, 0.8, ReconConfig(iters=30, lr=1e-3, batch_size=8))
+    assert set(losses) == set(denoiser_blocks(unet))
+    assert error() < before

@@ -5,8 +5,9 @@
 - Shortcut splitting: in UNet decoder blocks the ResNet input is ``cat([h, skip], dim=1)``; ``conv1`` and the
   1x1 ``conv_shortcut`` get separate ranges for the ``h`` and ``skip`` channels (input and weight), via ``Split``.
   The split index is the channel count of the upsampled ``h`` [RECON: the diffusers mapping, spec 0.1].
+- Optional block reconstruction (``recon_iters`` > 0): ``visq.methods.fbr`` with no layer terms.
 Deviation: activation ranges are min-max over the selected calls (Q-Diffusion's SD script uses an EMA of min/max);
-block reconstruction is not run by this method (see ``eda`` for a reconstructing method).
+the reconstruction trains weights rather than AdaRound rounding variables (see ``fbr``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from torch import nn
 
 from visq.calibrate import CalibSet
 from visq.methods.base import Method, register
+from visq.methods.fbr import reconstruct_denoiser
 from visq.quantizers import Split, Uniform
 from visq.recipes import Recipe, Rule
+from visq.reconstruct import ReconConfig
 from visq.trajectory import uniform_steps
 
 
@@ -61,12 +64,14 @@ class QDiffusion(Method):
     Args:
         calib_steps: timesteps kept for calibration (None keeps every captured step).
         split: apply shortcut splitting to UNet decoder concat inputs.
+        recon_iters: block reconstruction steps per block (0: none, the default).
     """
 
     name = "qdiff"
 
-    def __init__(self, calib_steps: int | None = None, split: bool = True) -> None:
+    def __init__(self, calib_steps: int | None = None, split: bool = True, recon_iters: int = 0) -> None:
         self.calib_steps, self.split = calib_steps, split
+        self.recon = ReconConfig(iters=recon_iters, lr=1e-5, batch_size=32)
         self.splits: dict[str, tuple[int, int]] = {}
 
     def collect(self, pipe: Any, calib: Any, options: dict[str, Any]) -> CalibSet | None:
@@ -80,3 +85,7 @@ class QDiffusion(Method):
 
     def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
         return split_rules(rules, self.splits)
+
+    def refine(self, pipe: Any, model: nn.Module, calib: CalibSet) -> None:
+        if self.recon.iters > 0:
+            reconstruct_denoiser(model, calib, 0.0, self.recon)
