@@ -1,4 +1,4 @@
-"""Core overheads: fake-quant inference after ``freeze`` vs float, and calibration time, on the zoo models.
+"""Core overheads: fake-quant inference after ``freeze`` vs float, and calibration time, on tiny models.
 
     python -m eval.bench_core            # writes eval/results/core_bench.md
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import visq
-from visq import zoo
+from visq.testing import tiny_sd
 
 OUT = Path(__file__).parent / "results" / "core_bench.md"
 
@@ -45,23 +45,26 @@ def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
 
 
 def bench_vit(cfg: Config) -> dict[str, float]:
-    from visq.zoo.shapes import ShapesDataset
-    from visq.zoo.vit import VIT_DATA, normalize
+    import timm
 
-    x = normalize(ShapesDataset("heldout", size=64, seed=cfg.seed, cfg=VIT_DATA).images)
-    float_model = zoo.load("shapes-vit")
-    quantized = visq.quantize(zoo.load("shapes-vit"), "w8a8", calib=x[:32], progress=False)
-    frozen = visq.freeze(visq.quantize(zoo.load("shapes-vit"), "w8a8", calib=x[:32], progress=False))
+    def build():
+        torch.manual_seed(cfg.seed)
+        return timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4,
+                                 num_classes=10).eval()
+
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(cfg.seed))
+    float_model = build()
+    quantized = visq.quantize(build(), "w8a8", calib=x[:32], progress=False)
+    frozen = visq.freeze(visq.quantize(build(), "w8a8", calib=x[:32], progress=False))
     with torch.no_grad():
         return _median_ms({"float": lambda: float_model(x), "w8a8": lambda: quantized(x),
                            "w8a8 frozen": lambda: frozen(x)}, cfg.repeats)
 
 
 def bench_sd(cfg: Config) -> tuple[dict[str, float], float]:
-    from visq.zoo.shapes import ShapesDataset
-
-    prompts = ShapesDataset("train", size=cfg.calib_prompts, seed=cfg.seed).captions
-    float_pipe, pipe = zoo.load("shapes-sd"), zoo.load("shapes-sd")
+    prompts = [f"a {c} {s}" for c in ("red", "green", "blue", "yellow") for s in
+               ("circle", "square", "triangle", "star", "diamond", "cross", "ring", "heart")][: cfg.calib_prompts]
+    float_pipe, pipe = tiny_sd(cfg.seed), tiny_sd(cfg.seed)
     start = time.perf_counter()
     visq.quantize(pipe, "w8a8", calib=prompts, calib_options={"num_inference_steps": cfg.calib_steps},
                   progress=False)
@@ -84,17 +87,18 @@ def main(cfg: Config = Config()) -> dict[str, object]:
         "# Core overheads (fake quantization, CPU)",
         "",
         f"Command: `python -m eval.bench_core` (torch threads {cfg.threads}, {cfg.repeats} interleaved repeats, "
-        f"median; seed {cfg.seed}). Models: zoo `shapes-vit` (batch 64 held-out images) and zoo `shapes-sd` "
-        f"(8 prompts, {cfg.sample_steps} DDIM steps).",
+        f"median; seed {cfg.seed}). Models, random weights: timm `deit_tiny_patch16_224` at 32x32, patch 4 "
+        f"(5.4M params, batch 64) and `visq.testing.tiny_sd` (8 prompts, {cfg.sample_steps} DDIM steps, CFG).",
         "",
         "| model | float ms | W8A8 ms (re-quantizing weights) | W8A8 frozen ms | frozen / float |",
         "|---|---|---|---|---|",
-        f"| shapes-vit | {vit['float']:.1f} | {vit['w8a8']:.1f} | {vit['w8a8 frozen']:.1f} | "
+        f"| deit-tiny 32px | {vit['float']:.1f} | {vit['w8a8']:.1f} | {vit['w8a8 frozen']:.1f} | "
         f"{vit['w8a8 frozen'] / vit['float']:.2f}x |",
-        f"| shapes-sd (8 images) | {sd['float']:.0f} | - | {sd['w8a8 frozen']:.0f} | "
+        f"| tiny SD (8 images) | {sd['float']:.0f} | - | {sd['w8a8 frozen']:.0f} | "
         f"{sd['w8a8 frozen'] / sd['float']:.2f}x |",
         "",
-        f"Calibration of shapes-sd, {cfg.calib_prompts} prompts x {cfg.calib_steps} steps (capture + observe + fit): "
+        f"Calibration of the tiny SD, {cfg.calib_prompts} prompts x {cfg.calib_steps} steps "
+        f"(capture + observe + fit): "
         f"{calib_s:.1f} s.",
     ]
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.core import tiny
+from visq import testing as tiny
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 import visq
-from tests.core.tiny import tiny_ddim, tiny_pixart
 from visq.calibrate import CalibSet, Call
 from visq.hosts.diffusers import QuantAttnProcessor
+from visq.testing import tiny_ddim, tiny_pixart
 
 PROMPTS = ["a red circle", "a blue square", "a small green star", "a large yellow triangle"]
 STEPS = {"num_inference_steps": 4}
@@ -26,7 +26,7 @@ def test_sd_w8a8_close_to_float_and_w4a8_runs(sd):
     out = generate(sd, PROMPTS[:2])
     assert psnr(ref, out) > 28  # measured ~36 dB on this model
     assert not torch.equal(ref, out)
-    from tests.core.tiny import tiny_sd
+    from visq.testing import tiny_sd
 
     sd4 = visq.quantize(tiny_sd(), "w4a8", calib=PROMPTS, calib_options=STEPS, progress=False)
     out4 = generate(sd4, PROMPTS[:2])

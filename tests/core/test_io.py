@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import visq
-from tests.core.tiny import tiny_sd, tiny_vit
+from visq.testing import tiny_sd, tiny_vit
 
 PROMPTS = ["a red circle", "a blue square"]
 
@@ -18,7 +18,7 @@ def test_save_load_in_fresh_process_is_bit_identical(vit, images, tmp_path):
     with torch.no_grad():
         expected = vit(images)
     script = (
-        "import torch, visq; from tests.core.tiny import tiny_vit;"
+        "import torch, visq; from visq.testing import tiny_vit;"
         f"m = visq.load(tiny_vit(seed=1), r'{tmp_path / 'q'}');"
         f"x = torch.load(r'{tmp_path / 'x.pt'}');"
         f"torch.save(m(x).detach(), r'{tmp_path / 'y.pt'}')"

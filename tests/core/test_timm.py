@@ -3,8 +3,8 @@ import timm
 import torch
 
 import visq
-from tests.core.tiny import tiny_vit
 from visq.hosts.timm import QuantAttention, QuantWindowAttention
+from visq.testing import tiny_vit
 
 
 def cosine(a, b):

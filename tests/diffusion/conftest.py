@@ -1,6 +1,6 @@
 import pytest
 
-from tests.core import tiny
+from visq import testing as tiny
 from visq.hosts.diffusers import capture_trajectory
 
 PROMPTS = ["a red circle", "a blue square", "a small green star", "a large yellow triangle"]

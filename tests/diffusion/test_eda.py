@@ -36,7 +36,7 @@ def test_allocate_rounding():
 
 
 def test_eda_selects_one_step_per_trajectory(trajectory):
-    from tests.core import tiny
+    from visq import testing as tiny
 
     chosen = select_calibration(tiny.tiny_sd().unet, trajectory, max_batch=16)
     rows = sum(c.args[0].shape[0] for c in chosen)

@@ -53,7 +53,7 @@ def test_qdiff_method_splits_and_saves(sd, tmp_path):
     image = sd(PROMPTS[0], num_inference_steps=3, output_type="pt").images
     assert torch.isfinite(image).all()
     visq.save(sd, tmp_path)
-    from tests.core.tiny import tiny_sd
+    from visq.testing import tiny_sd
 
     fresh = visq.load(tiny_sd(), tmp_path)
     x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor(500), torch.randn(2, 5, 32)

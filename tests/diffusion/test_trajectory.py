@@ -1,6 +1,6 @@
 import torch
 
-from tests.core import tiny
+from visq import testing as tiny
 from visq.trajectory import merge, rebatch, sample_rows, select, uniform_steps
 
 

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
-
 import torch
 
 
 def tiny_tokenizer():
-    """The real CLIP BPE from open_clip's bundled vocabulary, as a transformers CLIPTokenizer (offline)."""
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-    from transformers import CLIPTokenizer
+    """The real CLIP BPE tokenizer, built offline (77 positions, as these tiny text towers have)."""
+    from visq.zoo.tokenizer import build_clip_tokenizer
 
-    with gzip.open(default_bpe()) as f:
-        merges = f.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=[tuple(m.split()) for m in merges],
-                         model_max_length=77)
+    return build_clip_tokenizer(77)
 
 
 def tiny_sd_pipeline():

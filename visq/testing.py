@@ -1,4 +1,5 @@
-"""Tiny models built in code (no hub): a timm ViT, Stable Diffusion, DiT and DDIM pipelines, a PixArt denoiser."""
+"""Tiny models built in code (no hub, random weights) for tests and overhead benchmarks: a timm ViT, Stable
+Diffusion, DiT and DDIM pipelines, a PixArt denoiser. Heavy libraries are imported inside each builder."""
 
 from __future__ import annotations
 
