@@ -73,6 +73,7 @@ def quantize(
         with _eval_mode(model), observing(model):
             run(model, calib_set, progress)
         algo.refine(obj, model, calib_set)
+        sites.sync_specs(model, plan)
     except BaseException:
         undo()
         host.activate(obj, model)

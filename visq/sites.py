@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from torch import nn
 
 from visq.modules import quant_class_for
-from visq.quantizers import QuantSpec, SiteShape, build
+from visq.quantizers import Quantizer, QuantSpec, SiteShape, build
 from visq.recipes import Recipe
 
 ATTENTION_SLOTS = ("q_quantizer", "k_quantizer", "v_quantizer", "probs_quantizer")
@@ -201,6 +201,20 @@ def _install_one(model: nn.Module, owner: Owner, quantizers: dict[str, nn.Module
     new = quant_class_for(module).from_float(module, quantizers["input_quantizer"], quantizers["weight_quantizer"])
     model.set_submodule(owner.path, new)
     return lambda: model.set_submodule(owner.path, module)
+
+
+def sync_specs(model: nn.Module, result: Plan) -> None:
+    """Record in ``result`` the spec of the quantizer now at each site (a method's ``refine`` may swap one, e.g.
+    channel-wise for per-tensor after a reparameterisation), so ``save`` / ``load`` rebuild what is installed."""
+    for site, spec in result.specs.items():
+        if spec is None:
+            continue
+        try:
+            module = model.get_submodule(site)
+        except AttributeError:
+            continue
+        if isinstance(module, Quantizer):
+            result.specs[site] = module.spec
 
 
 def _run_undo(undo: list[Callable[[], None]]) -> None:

@@ -1,6 +1,7 @@
 """Quantization methods, one file each; importing this package registers them."""
 
-from visq.methods import baseline, dgq, eda, qdiff, temporal  # noqa: F401  (registration)
+# importing registers each method
+from visq.methods import baseline, dgq, dopq, eda, ias, noisyquant, ptq4vit, qdiff, repq, temporal  # noqa: F401
 from visq.methods.base import METHODS, Method, get, register
 
 
