@@ -1,0 +1,135 @@
+"""Measure every quality bar of the shipped zoo (the numbers in README_zoo.md) and draw the SD sample grid.
+
+    python -m pipelines.zoo_bench                       # all models; writes runs/zoo/bench.json
+    python -m pipelines.zoo_bench --only sd --grid docs/zoo_sd_grid.png
+
+Seeds and sizes are fixed in ``Config``; every model is loaded through ``visq.zoo.load`` (shipped weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from visq.zoo import clip as zclip
+from visq.zoo import judge, load, shapes
+from visq.zoo.frechet import frechet_distance
+from visq.zoo.training import write_metrics
+
+
+@dataclass(frozen=True)
+class Config:
+    """Benchmark sizes and seeds."""
+
+    only: tuple[str, ...] = ("clip", "vit", "sd", "dit")
+    vit_n: int = 4000
+    clip_n: int = 1000
+    sd_n: int = 300
+    dit_n: int = 300
+    steps: int = 20
+    guidance: float = 4.0
+    seed: int = 4321
+    grid: str = ""
+    out: str = "runs/zoo/bench.json"
+
+
+def bench_clip(cfg: Config) -> dict:
+    """Judge and text CLIP: held-out retrieval top-1 and zero-shot shape/colour accuracy on real images."""
+    from pipelines.train_clip import evaluate
+
+    out = {}
+    for name in ("judge-clip", "text-clip"):
+        c = load(name)
+        out[name] = evaluate(c.model, c.tokenizer, cfg.clip_n, seed=12345)
+    return out
+
+
+def bench_vit(cfg: Config) -> dict:
+    """ViT held-out top-1 (clutter + noise task)."""
+    from pipelines.train_vit import top1
+
+    return {"top1": top1(load("shapes-vit"), cfg.vit_n, seed=0)}
+
+
+def bench_sd(cfg: Config) -> dict:
+    """Judge shape/colour accuracy w.r.t. the prompt and judge-feature Frechet distance, trained vs untrained."""
+    from visq.zoo.builders import build_unet
+
+    jc = load("judge-clip")
+    pipe = load("shapes-sd")
+    prompts = shapes.generate(cfg.sd_n, cfg.seed, "heldout")
+    real = shapes.generate(cfg.sd_n, cfg.seed + 1, "heldout").images
+    t0 = time.time()
+    images = judge.generate_sd(pipe, prompts.captions, cfg.seed, cfg.steps, cfg.guidance)
+    sec = (time.time() - t0) / cfg.sd_n
+    out = judge.attribute_accuracy(images, prompts, jc)
+    feats = zclip.image_features(jc.model, real)
+    out["fd_judge"] = frechet_distance(zclip.image_features(jc.model, images), feats)
+    torch.manual_seed(0)
+    pipe.unet = build_unet(pipe.text_encoder.config.hidden_size).eval()  # same pipeline, untrained UNet
+    untrained = judge.generate_sd(pipe, prompts.captions, cfg.seed, cfg.steps, cfg.guidance)
+    out["fd_judge_untrained"] = frechet_distance(zclip.image_features(jc.model, untrained), feats)
+    ref = shapes.generate(cfg.sd_n, cfg.seed + 2, "heldout").images
+    out["fd_judge_real_vs_real"] = frechet_distance(zclip.image_features(jc.model, ref), feats)
+    out["sec_per_image"] = sec
+    return out
+
+
+def bench_dit(cfg: Config) -> dict:
+    """The zoo ViT's top-1 on DiT samples w.r.t. the requested class."""
+    from pipelines.train_dit import evaluate
+
+    return evaluate(load("shapes-dit"), cfg.dit_n, seed=cfg.seed)
+
+
+def sd_grid(path: str, seed: int = 0, steps: int = 20, guidance: float = 4.0, n: int = 16) -> None:
+    """Save a PNG: held-out prompts, each with 4 samples (seeds seed..seed+3), 3x upscaled, prompt on the left."""
+    from PIL import Image, ImageDraw
+
+    pipe = load("shapes-sd")
+    prompts = shapes.generate(n, 2024, "heldout").captions
+    cell, text_w, per = 96, 420, 4
+    grid = Image.new("RGB", (text_w + per * (cell + 4), n * (cell + 4)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, p in enumerate(prompts):
+        ims = judge.generate_sd(pipe, [p] * per, seed=seed + 1000 * r, steps=steps, guidance=guidance)
+        draw.text((6, r * (cell + 4) + cell // 2 - 6), p, fill="black")
+        for c, im in enumerate(ims):
+            pil = Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+            grid.paste(pil.resize((cell, cell), Image.NEAREST), (text_w + c * (cell + 4), r * (cell + 4)))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
+def main(cfg: Config = Config()) -> dict:
+    """Run the selected benchmarks; print and save the metrics."""
+    torch.set_num_threads(2)
+    benches = {"clip": bench_clip, "vit": bench_vit, "sd": bench_sd, "dit": bench_dit}
+    metrics = {"config": dataclasses.asdict(cfg)}
+    for name in cfg.only:
+        t0 = time.time()
+        metrics[name] = benches[name](cfg)
+        print(f"{name} ({time.time() - t0:.0f}s): {json.dumps(metrics[name])}", flush=True)
+    if cfg.grid:
+        sd_grid(cfg.grid, steps=cfg.steps, guidance=cfg.guidance)
+        print(f"grid -> {cfg.grid}")
+    write_metrics(cfg.out, metrics)
+    return metrics
+
+
+def _parse(argv: list[str]) -> Config:
+    kw: dict = {}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        key = flag.lstrip("-")
+        kw[key] = tuple(value.split(",")) if key == "only" else value
+    return Config(**kw)
+
+
+if __name__ == "__main__":
+    main(_parse(sys.argv[1:]))

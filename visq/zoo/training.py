@@ -1,0 +1,80 @@
+"""Small helpers shared by the zoo training scripts in ``pipelines/``: seeding, resumable checkpoints, metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    """Linear warmup then cosine decay to 5% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+class Checkpointer:
+    """Saves ``{"step", "model", "opt", ...}`` to ``run_dir/ckpt.pt`` atomically, at most every ``every_s`` s."""
+
+    def __init__(self, run_dir: str | Path, every_s: float = 120.0) -> None:
+        self.path = Path(run_dir) / "ckpt.pt"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.every_s, self.last = every_s, time.time()
+
+    def load(self) -> dict | None:
+        """The last checkpoint, or None when the run starts fresh."""
+        if not self.path.exists():
+            return None
+        log.info("resuming from %s", self.path)
+        return torch.load(self.path, map_location="cpu", weights_only=False)
+
+    def maybe_save(self, state_fn, force: bool = False) -> None:
+        """Call ``state_fn()`` and save it when the interval has passed (or ``force``)."""
+        if not force and time.time() - self.last < self.every_s:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state_fn(), tmp)
+        os.replace(tmp, self.path)
+        self.last = time.time()
+
+
+def write_metrics(path: str | Path, metrics: dict) -> None:
+    """Write metrics as pretty JSON (and create the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def shrink(folder: str | Path, min_numel: int = 16_384) -> None:
+    """Store large float tensors of every safetensors file under ``folder`` as bf16 (halves the zoo's size).
+
+    transformers and diffusers load them back into fp32 models; the zoo's reported quality numbers are
+    measured on these rounded weights (``pipelines.zoo_bench`` loads the shipped files).
+    """
+    from safetensors.torch import load_file, save_file
+
+    for f in Path(folder).rglob("*.safetensors"):
+        state = load_file(f)
+        state = {k: v.to(torch.bfloat16) if v.is_floating_point() and v.numel() >= min_numel else v
+                 for k, v in state.items()}
+        save_file(state, f, metadata={"format": "pt"})
