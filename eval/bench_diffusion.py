@@ -23,6 +23,7 @@ OUT = Path(__file__).parent / "results" / "diffusion_ptq.md"
 
 @dataclass(frozen=True)
 class Config:
+    models: tuple[str, ...] = ("shapes-sd", "shapes-dit")
     methods: tuple[str, ...] = ("minmax", "qdiff", "temporal", "eda", "dgq")
     bits: tuple[str, ...] = ("w8a8", "w4a8", "w4a4")
     prompts: int = 32
@@ -116,7 +117,7 @@ def table(name: str, results: dict[str, dict], cfg: Config) -> list[str]:
 
 
 def main(cfg: Config = Config()) -> dict[str, dict]:
-    all_results = {name: bench_model(name, spec, cfg) for name, spec in _specs(cfg).items()}
+    all_results = {name: bench_model(name, spec, cfg) for name, spec in _specs(cfg).items() if name in cfg.models}
     lines = ["# Diffusion post-training quantization on the zoo models", "",
              f"Command: `python -m eval.bench_diffusion` (seed {cfg.seed}; {cfg.prompts} held-out captions x "
              f"{cfg.per_prompt} images for shapes-sd, {cfg.dit_per_class} images per class for shapes-dit; DDIM "
@@ -132,4 +133,6 @@ def main(cfg: Config = Config()) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    main()
+    from pipelines._cli import parse
+
+    main(parse(Config))

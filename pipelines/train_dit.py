@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from visq.zoo import load, shapes
 from visq.zoo.builders import build_dit
-from visq.zoo.training import WEIGHTS, Checkpointer, cosine_lr, seed_all, shrink, write_metrics
+from visq.zoo.training import WEIGHTS, Checkpointer, cosine_lr, ema_train_step, seed_all, shrink, write_metrics
 
 GUIDANCE = 4.0
 STEPS = 20
@@ -108,15 +108,7 @@ def train(cfg: Config, vae):
         t = torch.randint(0, 1000, (cfg.batch,), generator=gen)
         pred = model(noise_sched.add_noise(lat, noise, t), timestep=t, class_labels=data["label"][idx]).sample
         loss = F.mse_loss(pred, noise)
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, cfg.steps, cfg.lr, warmup=200)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(p, 1 - cfg.ema)
+        ema_train_step(model, ema, opt, loss, cosine_lr(step, cfg.steps, cfg.lr, warmup=200), cfg.ema)
         step += 1
         if step % 100 == 0:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)

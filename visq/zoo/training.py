@@ -58,6 +58,21 @@ class Checkpointer:
         self.last = time.time()
 
 
+def ema_train_step(model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   lr: float, decay: float) -> None:
+    """One optimiser step on ``loss`` at learning rate ``lr`` (gradients clipped at norm 1), then the EMA update
+    ``ema <- decay * ema + (1 - decay) * model`` (the diffusion denoisers ship their EMA weights)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1 - decay)
+
+
 def write_metrics(path: str | Path, metrics: dict) -> None:
     """Write metrics as pretty JSON (and create the folder)."""
     path = Path(path)
