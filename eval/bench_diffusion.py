@@ -106,12 +106,12 @@ def table(name: str, results: dict[str, dict], cfg: Config) -> list[str]:
         lines += [f"**{label}**", "", "| method | " + " | ".join(b.upper() for b in cfg.bits) + " |",
                   "|---|" + "---|" * len(cfg.bits)]
         for method in cfg.methods:
-            cells = [_cell(results.get(f"{b}@{method}"), key, fmt) for b in cfg.bits]
+            cells = [_cell(results.get(f"{b}-{method}"), key, fmt) for b in cfg.bits]  # QuantConfig names
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["Linear / Conv2d layers kept float (host defaults; every other such layer is quantized):", ""]
     for method in cfg.methods:
-        kept = (results.get(f"{cfg.bits[0]}@{method}") or {}).get("float_layers") or {}
+        kept = (results.get(f"{cfg.bits[0]}-{method}") or {}).get("float_layers") or {}
         lines.append(f"- {method}: " + (", ".join(f"`{k}`" for k in kept) or "none"))
     return lines + [""]
 
