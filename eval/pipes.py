@@ -86,11 +86,10 @@ def load_pipeline(model: str) -> Any:
 
 
 def denoiser(pipe: Any) -> nn.Module:
-    """The module visq quantizes: ``pipe.unet`` or ``pipe.transformer``."""
-    for attr in ("unet", "transformer"):
-        if isinstance(getattr(pipe, attr, None), nn.Module):
-            return getattr(pipe, attr)
-    raise TypeError(f"{type(pipe).__name__} has neither a unet nor a transformer")
+    """The module visq quantizes (``pipe.unet`` or ``pipe.transformer``), as visq's host finds it."""
+    from visq.hosts import detect
+
+    return detect(pipe).target(pipe)
 
 
 def _weight_bits(module: nn.Module) -> int | None:

@@ -69,11 +69,7 @@ def build_clip(arch: ClipArch):
 
 def preprocess(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] images (n, 3, 32, 32) -> normalised pixel values; uint8 input is scaled first."""
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images - mean) / std
+    return shapes.standardize(images, MEAN, STD)
 
 
 def _unit(x) -> torch.Tensor:

@@ -227,6 +227,15 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
+def standardize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """[0, 1] (or uint8) images (n, 3, H, W) -> (images - mean) / std per channel."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
+    return (images - mean_t) / std_t
+
+
 class ShapesDataset(torch.utils.data.Dataset):
     """A fixed, precomputed split of visq-shapes.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from visq.zoo.shapes import ShapesConfig
+from visq.zoo.shapes import ShapesConfig, standardize
 
 # clutter occludes parts of small shapes and noise blurs their corners: keeps top-1 well under 100%
 VIT_DATA = ShapesConfig(clutter=0.7, noise=0.08, rotation=20.0)
@@ -14,8 +14,4 @@ STD = (0.25, 0.25, 0.25)
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] (or uint8) images (n, 3, 32, 32) -> the ViT's input normalisation."""
-    if images.dtype == torch.uint8:
-        images = images.float() / 255.0
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images - mean) / std
+    return standardize(images, MEAN, STD)
