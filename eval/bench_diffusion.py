@@ -12,6 +12,7 @@ images, and calibration time. Which layers stay float is listed per method (resu
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,12 @@ def _cell(metrics: dict[str, Any] | None, key: str, fmt: str) -> str:
     return fmt.format(value) if isinstance(value, (int, float)) else "-"
 
 
+def _collapse(names) -> list[str]:
+    """Layer names with block indices folded into ``*`` (``blocks.0.norm1.linear`` ... -> ``blocks.*.norm1.linear``),
+    in first-seen order: per-block float layers would otherwise fill the table."""
+    return list(dict.fromkeys(re.sub(r"\.\d+(?=\.)", ".*", n) for n in names))
+
+
 def table(name: str, results: dict[str, dict], cfg: Config) -> list[str]:
     """Markdown tables (rows = methods, columns = bit widths) for one model."""
     keys = [("psnr", "PSNR to float (dB)", "{:.2f}"), ("ssim", "SSIM to float", "{:.3f}"),
@@ -112,7 +119,7 @@ def table(name: str, results: dict[str, dict], cfg: Config) -> list[str]:
     lines += ["Linear / Conv2d layers kept float (host defaults; every other such layer is quantized):", ""]
     for method in cfg.methods:
         kept = (results.get(f"{cfg.bits[0]}-{method}") or {}).get("float_layers") or {}
-        lines.append(f"- {method}: " + (", ".join(f"`{k}`" for k in kept) or "none"))
+        lines.append(f"- {method}: " + (", ".join(f"`{k}`" for k in _collapse(kept)) or "none"))
     return lines + [""]
 
 

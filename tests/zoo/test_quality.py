@@ -1,6 +1,6 @@
 """Fast, small-sample checks of each zoo quality bar (the full bars: ``python -m pipelines.zoo_bench``).
 
-Thresholds sit about two binomial standard errors below the full-benchmark numbers in README_zoo.md, so a
+Thresholds sit about two binomial standard errors below the full-benchmark numbers in README.md's zoo section, so a
 model that regressed to well under its bar fails, while sampling noise alone does not.
 """
 
@@ -49,6 +49,6 @@ def test_dit_classes(dit_pipe, vit):
     assert acc >= DIT_MIN, acc
 
 
-# full-benchmark values minus ~2 standard errors at n=48 (see README_zoo.md for the measured numbers)
+# full-benchmark values minus ~2 standard errors at n=48 (measured numbers: the zoo section of README.md)
 SD_SHAPE_MIN = 0.62
 DIT_MIN = 0.65
