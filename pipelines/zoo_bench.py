@@ -1,7 +1,7 @@
 """Measure every quality bar of the shipped zoo (the numbers in README.md's zoo section); draw the SD sample grid.
 
     python -m pipelines.zoo_bench                       # all models; writes runs/zoo/bench.json
-    python -m pipelines.zoo_bench --only sd --grid docs/zoo_sd_grid.png
+    python -m pipelines.zoo_bench --only clip sd --grid docs/zoo_sd_grid.png
 
 Seeds and sizes are fixed in ``Config``; every model is loaded through ``visq.zoo.load`` (shipped weights).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,13 +128,7 @@ def main(cfg: Config = Config()) -> dict:
     return metrics
 
 
-def _parse(argv: list[str]) -> Config:
-    kw: dict = {}
-    for flag, value in zip(argv[::2], argv[1::2]):
-        key = flag.lstrip("-")
-        kw[key] = tuple(value.split(",")) if key == "only" else value
-    return Config(**kw)
-
-
 if __name__ == "__main__":
-    main(_parse(sys.argv[1:]))
+    from pipelines._cli import parse
+
+    main(parse(Config, description=__doc__.splitlines()[0]))
