@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from visq.zoo import clip as zclip
 from visq.zoo import shapes
 from visq.zoo.tokenizer import build_clip_tokenizer
-from visq.zoo.training import WEIGHTS, Checkpointer, cosine_lr, seed_all, shrink, write_metrics
+from visq.zoo.training import WEIGHTS, Checkpointer, blur_some, cosine_lr, seed_all, shrink, write_metrics
 
 
 @dataclass(frozen=True)
@@ -64,20 +64,6 @@ def _batch(cfg: Config, step: int) -> shapes.ShapesBatch:
     return shapes.ShapesBatch(torch.cat([half.images, twin.images]), half.captions + twin.captions,
                               *(torch.cat([getattr(half, k), getattr(twin, k)])
                                 for k in ("shape", "colour", "background", "position", "size")))
-
-
-def _blur(images: torch.Tensor, frac: float, step: int) -> torch.Tensor:
-    """Blur the first ``frac`` of the batch, in 4 groups of sigma 0.4, 0.67, 0.93, 1.2 (VAE-decoded look)."""
-    if frac <= 0:
-        return images
-    from torchvision.transforms.functional import gaussian_blur
-
-    x = images.float() / 255.0
-    n = int(len(x) * frac)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(step))[:n]
-    for k, idx in enumerate(order.chunk(4)):
-        x[idx] = gaussian_blur(x[idx], kernel_size=5, sigma=0.4 + 0.8 * k / 3)
-    return x
 
 
 def evaluate(model, tokenizer, n: int, seed: int) -> dict:
@@ -134,7 +120,7 @@ def main(cfg: Config = Config()) -> dict:
         b = _batch(cfg, step)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
-        img = zclip.encode_images(model, zclip.preprocess(_blur(b.images, cfg.blur, step)))
+        img = zclip.encode_images(model, zclip.preprocess(blur_some(b.images, cfg.blur, step)))
         txt = zclip.encode_texts(model, _tokens(tokenizer, b.captions))
         logits = zclip.logit_scale(model) * img @ txt.T
         # duplicate captions in a batch are positives too: soft targets over identical captions

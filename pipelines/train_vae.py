@@ -36,6 +36,7 @@ class Config:
     decoder_steps: int = 2500  # stage 2: decoder-only fine-tuning, encoder (and so the latent space) frozen
     decoder_lr: float = 1e-3
     threads: int = 1
+    eval_size: int = 512
     run_dir: str = "runs/zoo"
     out_dir: str = "runs/zoo/vae/final"  # not shipped itself: the pipelines carry copies
 
@@ -110,16 +111,16 @@ def main(cfg: Config = Config()) -> dict:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
         if step == cfg.steps or step % 500 == 0 and step > cfg.steps:
             vae.eval()
-            print(f"step {step} held-out {evaluate(vae, 256)}", flush=True)
+            print(f"step {step} held-out {evaluate(vae, cfg.eval_size // 2)}", flush=True)
             vae.train()
         snapshot = {"step": step, "stage": opt_stage, "model": vae.state_dict(), "opt": opt.state_dict(),
                     "rng": torch.get_rng_state()}  # state_dict()s are references: cheap to build every step
         ckpt.maybe_save(lambda snapshot=snapshot: snapshot, force=step in (cfg.steps, total))
     vae.eval()
-    metrics = evaluate(vae)
+    metrics = evaluate(vae, cfg.eval_size)
     vae.register_to_config(scaling_factor=1.0 / metrics["latent_std"])
     metrics.update(steps=step, scaling_factor=vae.config.scaling_factor, config=dataclasses.asdict(cfg))
-    print(f"vae held-out (n=512, heldout seed 777): {metrics}", flush=True)
+    print(f"vae held-out (n={cfg.eval_size}, heldout seed 777): {metrics}", flush=True)
     vae.save_pretrained(cfg.out_dir)
     write_metrics(Path(cfg.run_dir) / cfg.name / "metrics.json", metrics)
     return metrics

@@ -5,7 +5,9 @@ group ranges (``OutlierGroups``: K-means groups along the channel or token axis,
 timestep); attention probabilities get the prompt-specific log2 quantizer (``PromptLog``), with the start token's
 column kept float in cross-attention (``attn2``). Weights are left to the recipe (DGQ changes activations only).
 Defaults from spec 4.4: K = 2 groups at 8-bit activations, 16 below. Deviations: see the two quantizer files; the
-start token's key is still quantized by the k quantizer (DGQ excludes it) [simplification].
+start token's key is still quantized by the k quantizer (DGQ excludes it) [simplification]. As in the DGQ code
+(spec 0.1) the UNet decoder's concat layers are split: their weights get two ranges (``split``); their inputs keep
+the group quantizer, whose K-means groups already separate channels of different range.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from visq.calibrate import CalibSet, Call
-from visq.methods.base import Method, register
+from visq.methods.base import register
+from visq.methods.qdiff import ShortcutSplitting
 from visq.quantizers import Uniform
 from visq.quantizers.outlier_groups import OutlierGroups
 from visq.quantizers.prompt_log import PromptLog
@@ -46,18 +49,21 @@ def token_counts(model: nn.Module, call: Call) -> dict[str, int]:
 
 
 @register
-class DGQ(Method):
+class DGQ(ShortcutSplitting):
     """Outlier-aware activation groups and prompt-specific log2 attention probabilities.
 
     Args:
         groups: ranges per activation (None: 2 at >= 8 bits, 16 below).
         log_probs: use the log2 quantizer for attention probabilities.
         per_timestep: keep group ranges per timestep (DGQ's time-aware calibration).
+        split: Q-Diffusion shortcut splitting of the UNet decoder's concat-layer weights.
     """
 
     name = "dgq"
 
-    def __init__(self, groups: int | None = None, log_probs: bool = True, per_timestep: bool = True) -> None:
+    def __init__(self, groups: int | None = None, log_probs: bool = True, per_timestep: bool = True,
+                 split: bool = True) -> None:
+        super().__init__(split)
         self.groups, self.log_probs, self.per_timestep = groups, log_probs, per_timestep
         self.tokens: dict[str, int] = {}
 
@@ -84,4 +90,4 @@ class DGQ(Method):
             bits = probs[1].bits
             extra += [Rule("*attn2.processor.probs_quantizer", PromptLog(bits, keep_start=True), optional=True),
                       Rule("*.probs_quantizer", PromptLog(bits, keep_start=False), optional=True)]
-        return tuple(extra) + rules
+        return super().rules(tuple(extra) + rules)

@@ -12,7 +12,8 @@ Defaults: lambda = 1.2 (ImageNet/CIFAR; 1.0 LSUN; 5.0 COCO-SD). r is a per-datas
 (3.0 or 0.3); visq's default takes the median pairwise distance so it adapts to the feature scale [RECON].
 Then fine-grained block reconstruction (``visq.methods.fbr``): block loss + gamma * layer losses, gamma = 0.8
 (ImageNet / COCO scripts), ``recon_iters`` steps per block (the scripts: 1000-5000; the default here is sized
-for CPU runs and stated in every report), batch 32.
+for CPU runs and stated in every report), batch 32. Like the EDA-DM code (a Q-Diffusion descendant, spec 0.1),
+the UNet decoder's concat inputs are split (``split``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from visq.calibrate import CalibSet, Call
-from visq.methods.base import Method, register
+from visq.methods.base import register
 from visq.methods.fbr import reconstruct_denoiser
+from visq.methods.qdiff import ShortcutSplitting
 from visq.reconstruct import ReconConfig
 from visq.trajectory import rebatch, samples_per_call, select
 
@@ -106,7 +108,7 @@ def select_calibration(model: nn.Module, calib: CalibSet, lam: float = 1.2, radi
 
 
 @register
-class EDA(Method):
+class EDA(ShortcutSplitting):
     """EDA-DM: calibration sample selection (TDAC) and fine-grained block reconstruction (FBR).
 
     Args:
@@ -116,12 +118,14 @@ class EDA(Method):
         gamma: weight of the layer terms in the reconstruction loss (``--add_loss``).
         recon_iters: reconstruction steps per block (0 skips FBR).
         recon_lr: Adam learning rate of the reconstructed weights.
+        split: Q-Diffusion shortcut splitting of UNet decoder concat inputs.
     """
 
     name = "eda"
 
     def __init__(self, lam: float = 1.2, radius: float | None = None, seed: int = 0, gamma: float = 0.8,
-                 recon_iters: int = 100, recon_lr: float = 1e-4) -> None:
+                 recon_iters: int = 100, recon_lr: float = 1e-4, split: bool = True) -> None:
+        super().__init__(split)
         self.lam, self.radius, self.seed = lam, radius, seed
         self.gamma, self.recon = gamma, ReconConfig(iters=recon_iters, lr=recon_lr, batch_size=32, seed=seed)
 

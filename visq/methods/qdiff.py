@@ -57,8 +57,23 @@ def split_rules(rules: tuple[Rule, ...], splits: dict[str, tuple[int, int]]) -> 
     return tuple(extra) + rules
 
 
+class ShortcutSplitting(Method):
+    """Base of the diffusion methods built on the Q-Diffusion code (spec 0.1: EDA-DM and DGQ split too): shortcut
+    splitting of UNet decoder concat inputs when ``split`` (a no-op on models without ``up_blocks``, e.g. DiT)."""
+
+    def __init__(self, split: bool = True) -> None:
+        self.split = split
+        self.splits: dict[str, tuple[int, int]] = {}
+
+    def prepare(self, model: nn.Module) -> None:
+        self.splits = skip_concat_splits(model) if self.split else {}
+
+    def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        return split_rules(rules, self.splits)
+
+
 @register
-class QDiffusion(Method):
+class QDiffusion(ShortcutSplitting):
     """Uniform-over-trajectory calibration and shortcut splitting.
 
     Args:
@@ -70,21 +85,15 @@ class QDiffusion(Method):
     name = "qdiff"
 
     def __init__(self, calib_steps: int | None = None, split: bool = True, recon_iters: int = 0) -> None:
-        self.calib_steps, self.split = calib_steps, split
+        super().__init__(split)
+        self.calib_steps = calib_steps
         self.recon = ReconConfig(iters=recon_iters, lr=1e-5, batch_size=32)
-        self.splits: dict[str, tuple[int, int]] = {}
 
     def collect(self, pipe: Any, calib: Any, options: dict[str, Any]) -> CalibSet | None:
         from visq.hosts import detect
 
         full = detect(pipe).collect(pipe, calib, options)
         return uniform_steps(full, self.calib_steps) if self.calib_steps else full
-
-    def prepare(self, model: nn.Module) -> None:
-        self.splits = skip_concat_splits(model) if self.split else {}
-
-    def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
-        return split_rules(rules, self.splits)
 
     def refine(self, pipe: Any, model: nn.Module, calib: CalibSet) -> None:
         if self.recon.iters > 0:

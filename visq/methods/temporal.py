@@ -4,21 +4,28 @@ EfficientDM's TALSQ (research/diffusion_methods.md 1.5) learns a step size per t
 calibration half: every static activation quantizer keeps a table of ranges indexed by the timestep the denoiser
 is called with (the diffusers host's forward pre-hook), each fitted on that step's calls only. Learning the table is
 part of the EfficientDM work. Inference must use the calibrated ``num_inference_steps`` (other timesteps raise).
+Built on the baseline: the Q-Diffusion shortcut splitting (``split``) stays on, so the comparison with ``qdiff``
+measures the per-timestep ranges alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from visq.methods.base import Method, register
+from visq.methods.base import register
+from visq.methods.qdiff import ShortcutSplitting
 from visq.recipes import Rule, map_activation_specs
 
 
 @register
-class Temporal(Method):
-    """Per-timestep activation ranges calibrated on each step's calls."""
+class Temporal(ShortcutSplitting):
+    """Per-timestep activation ranges calibrated on each step's calls.
+
+    Args:
+        split: Q-Diffusion shortcut splitting of UNet decoder concat inputs (each side keeps its own table).
+    """
 
     name = "temporal"
 
     def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
-        return map_activation_specs(rules, lambda spec: replace(spec, per_timestep=True))
+        return super().rules(map_activation_specs(rules, lambda spec: replace(spec, per_timestep=True)))

@@ -29,11 +29,15 @@ def build_unet(cross_attention_dim: int = 64):
 
 
 def build_dit():
-    """DiTTransformer2DModel over 8x8x4 latents, patch 2; ``num_embeds_ada_norm=1000`` (DiTPipeline's null class)."""
+    """DiTTransformer2DModel over 8x8x4 latents, patch 1 (64 tokens), 4 layers of width 96, ~1.2M parameters.
+
+    ``num_embeds_ada_norm=1000`` because DiTPipeline's null class for guidance is id 1000. Patch 2 (16 tokens of
+    8x8 pixels each) drew blobs: a small shape spans a single token there.
+    """
     from diffusers import DiTTransformer2DModel
 
-    return DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=32, in_channels=4, out_channels=4,
-                                 num_layers=5, sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
+    return DiTTransformer2DModel(num_attention_heads=3, attention_head_dim=32, in_channels=4, out_channels=4,
+                                 num_layers=4, sample_size=8, patch_size=1, num_embeds_ada_norm=1000)
 
 
 def build_vit():

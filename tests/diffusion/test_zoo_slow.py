@@ -1,0 +1,79 @@
+"""End-to-end bar on the shipped zoo text-to-image pipeline: each diffusion PTQ method against the Q-Diffusion
+baseline, by PSNR of same-seed images to the float pipeline's (the full table: ``python -m eval.bench_diffusion``).
+
+Every method is calibrated on the same captured float trajectory (8 training captions, the sampler of generation),
+so the comparison measures the methods, not the calibration draw.
+"""
+
+import pytest
+import torch
+
+import visq
+from visq import zoo
+from visq.hosts.diffusers import capture_trajectory
+from visq.zoo.shapes import ShapesDataset
+
+GEN = {"num_inference_steps": 20, "guidance_scale": 4.0}
+PROMPTS = ShapesDataset("heldout", size=8, seed=1).captions
+CALIB = ShapesDataset("train", size=8, seed=2).captions
+OPTIONS = {"eda": {"recon_iters": 50}}  # shortened reconstruction: the bar, not the best number
+
+pytestmark = pytest.mark.slow
+
+
+def _pipe():
+    try:
+        return zoo.load("shapes-sd")
+    except FileNotFoundError as err:
+        pytest.skip(f"not shipped yet: {err}")
+
+
+def _generate(pipe) -> torch.Tensor:
+    generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
+    with torch.no_grad():
+        return pipe(PROMPTS, generator=generators, output_type="pt", **GEN).images.float()
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return capture_trajectory(_pipe(), CALIB, **GEN)
+
+
+@pytest.fixture(scope="module")
+def psnr(calib):
+    """PSNR (dB, mean over images) to float of ``(bits, method)``, each computed once per module."""
+    reference = _generate(_pipe())
+    cache: dict[tuple[str, str], float] = {}
+
+    def measure(bits: str, method: str) -> float:
+        if (bits, method) not in cache:
+            torch.manual_seed(0)
+            pipe = visq.quantize(_pipe(), bits, method=method, calib=calib, progress=False,
+                                 **OPTIONS.get(method, {}))
+            mse = ((_generate(pipe) - reference) ** 2).mean(dim=(1, 2, 3))
+            cache[bits, method] = (10 * torch.log10(1 / mse)).mean().item()
+        return cache[bits, method]
+
+    return measure
+
+
+@pytest.mark.parametrize("method", ["temporal", "eda", "dgq"])
+def test_method_beats_baseline_at_w4a4(psnr, method):
+    assert psnr("w4a4", method) > psnr("w4a4", "qdiff")
+
+
+# Measured and reported (README, eval/results/diffusion_ptq.md): at W4A8 the 4-bit weights dominate the error and
+# only EDA-DM, which reconstructs them, gains. Per-step min-max ranges fitted on one step's calls clip held-out
+# activations that the baseline's all-steps range covers (-0.45 dB here), and DGQ's 8-bit log2 probabilities round
+# large probabilities to powers of two (-0.9 dB). Strict: the test fails once either starts beating the baseline.
+SHORT_AT_W4A8 = {"temporal": "per-step min-max ranges clip held-out activations at A8",
+                 "dgq": "8-bit log2 attention probabilities cost more than the groups gain at A8"}
+
+
+W4A8_CASES = [pytest.param(m, marks=pytest.mark.xfail(m in SHORT_AT_W4A8, reason=SHORT_AT_W4A8.get(m, ""),
+                                                      strict=True)) for m in ["temporal", "eda", "dgq"]]
+
+
+@pytest.mark.parametrize("method", W4A8_CASES)
+def test_method_beats_baseline_at_w4a8(psnr, method):
+    assert psnr("w4a8", method) > psnr("w4a8", "qdiff")
