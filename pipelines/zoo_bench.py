@@ -2,6 +2,7 @@
 
     python -m pipelines.zoo_bench                       # all models; writes runs/zoo/bench.json
     python -m pipelines.zoo_bench --only clip sd --grid docs/zoo_sd_grid.png
+    python -m pipelines.zoo_bench --only dit --dit-grid docs/zoo_dit_grid.png
 
 Seeds and sizes are fixed in ``Config``; every model is loaded through ``visq.zoo.load`` (shipped weights).
 """
@@ -34,7 +35,8 @@ class Config:
     steps: int = 20
     guidance: float = 4.0
     seed: int = 4321
-    grid: str = ""
+    grid: str = ""  # SD sample grid PNG path ("" = none)
+    dit_grid: str = ""  # DiT sample grid PNG path
     out: str = "runs/zoo/bench.json"
 
 
@@ -87,29 +89,63 @@ def bench_sd(cfg: Config) -> dict:
 
 
 def bench_dit(cfg: Config) -> dict:
-    """The zoo ViT's top-1 on DiT samples w.r.t. the requested class."""
-    from pipelines.train_dit import evaluate
+    """The zoo ViT's top-1 on DiT samples w.r.t. the requested class, with its ceiling through this VAE (the ViT on
+    VAE reconstructions of real images), and judge-feature Frechet distances to real images, trained vs untrained."""
+    from visq.zoo.builders import build_dit
 
-    return evaluate(load("shapes-dit"), cfg.dit_n, seed=cfg.seed)
+    vit, jc, pipe = load("shapes-vit"), load("judge-clip"), load("shapes-dit")
+    classes = [i % len(shapes.SHAPES) for i in range(cfg.dit_n)]
+    real = shapes.generate(cfg.dit_n, cfg.seed + 1, "heldout")
+    feats = zclip.image_features(jc.model, real.images)
+    t0 = time.time()
+    images = judge.generate_dit(pipe, classes, cfg.seed, cfg.steps, cfg.guidance)
+    sec = (time.time() - t0) / cfg.dit_n
+    out = {"vit_top1": (judge.vit_predict(vit, images) == torch.tensor(classes)).float().mean().item()}
+    with torch.no_grad():
+        latents = pipe.vae.encode(shapes.to_float(real.images)).latent_dist.mean
+        recon = ((pipe.vae.decode(latents).sample + 1) / 2).clamp(0, 1)
+    out["vit_top1_vae_reconstructions"] = (judge.vit_predict(vit, recon) == real.shape).float().mean().item()
+    out["fd_judge"] = frechet_distance(zclip.image_features(jc.model, images), feats)
+    torch.manual_seed(0)
+    pipe.transformer = build_dit().eval()  # same pipeline, untrained transformer
+    untrained = judge.generate_dit(pipe, classes, cfg.seed, cfg.steps, cfg.guidance)
+    out["vit_top1_untrained"] = (judge.vit_predict(vit, untrained) == torch.tensor(classes)).float().mean().item()
+    out["fd_judge_untrained"] = frechet_distance(zclip.image_features(jc.model, untrained), feats)
+    out["sec_per_image"] = sec
+    return out
 
 
-def sd_grid(path: str, seed: int = 0, steps: int = 20, guidance: float = 4.0, n: int = 16) -> None:
-    """Save a PNG: held-out prompts, each with 4 samples (seeds seed..seed+3), 3x upscaled, prompt on the left."""
+def _save_grid(path: str, rows: list[tuple[str, torch.Tensor]], text_w: int, cell: int = 96) -> None:
+    """A PNG with one row per (label, images): the label on the left, the images 3x upscaled to its right."""
     from PIL import Image, ImageDraw
 
-    pipe = load("shapes-sd")
-    prompts = shapes.generate(n, 2024, "heldout").captions
-    cell, text_w, per = 96, 420, 4
-    grid = Image.new("RGB", (text_w + per * (cell + 4), n * (cell + 4)), "white")
+    per = max(len(ims) for _, ims in rows)
+    grid = Image.new("RGB", (text_w + per * (cell + 4), len(rows) * (cell + 4)), "white")
     draw = ImageDraw.Draw(grid)
-    for r, p in enumerate(prompts):
-        ims = judge.generate_sd(pipe, [p] * per, seed=seed + 1000 * r, steps=steps, guidance=guidance)
-        draw.text((6, r * (cell + 4) + cell // 2 - 6), p, fill="black")
+    for r, (label, ims) in enumerate(rows):
+        draw.text((6, r * (cell + 4) + cell // 2 - 6), label, fill="black")
         for c, im in enumerate(ims):
             pil = Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
             grid.paste(pil.resize((cell, cell), Image.NEAREST), (text_w + c * (cell + 4), r * (cell + 4)))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
+
+
+def sd_grid(path: str, seed: int = 0, steps: int = 20, guidance: float = 4.0, n: int = 16) -> None:
+    """Held-out prompts, each with 4 samples (generator seeds ``seed + 1000 * row + 0..3``)."""
+    pipe = load("shapes-sd")
+    prompts = shapes.generate(n, 2024, "heldout").captions
+    rows = [(p, judge.generate_sd(pipe, [p] * 4, seed=seed + 1000 * r, steps=steps, guidance=guidance))
+            for r, p in enumerate(prompts)]
+    _save_grid(path, rows, text_w=420)
+
+
+def dit_grid(path: str, seed: int = 0, steps: int = 20, guidance: float = 4.0, per: int = 8) -> None:
+    """Each DiT class with ``per`` samples (generator seeds ``seed + 1000 * row + 0..per-1``)."""
+    pipe = load("shapes-dit")
+    rows = [(name, judge.generate_dit(pipe, [c] * per, seed=seed + 1000 * c, steps=steps, guidance=guidance))
+            for c, name in enumerate(shapes.SHAPES)]
+    _save_grid(path, rows, text_w=90)
 
 
 def main(cfg: Config = Config()) -> dict:
@@ -124,6 +160,9 @@ def main(cfg: Config = Config()) -> dict:
     if cfg.grid:
         sd_grid(cfg.grid, steps=cfg.steps, guidance=cfg.guidance)
         print(f"grid -> {cfg.grid}")
+    if cfg.dit_grid:
+        dit_grid(cfg.dit_grid, steps=cfg.steps, guidance=cfg.guidance)
+        print(f"DiT grid -> {cfg.dit_grid}")
     write_metrics(cfg.out, metrics)
     return metrics
 
