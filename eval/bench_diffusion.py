@@ -67,10 +67,15 @@ def _inception_fids(folder: Path, results: dict[str, dict], cfg: Config) -> None
 
 def bench_model(name: str, spec: RunSpec, cfg: Config) -> dict[str, dict]:
     """Generate and score every configuration of one zoo model (cached in metrics_full.json once done)."""
-    folder = Path(cfg.out) / name
+    from eval.pipes import weights_fingerprint
+
+    folder, weights = Path(cfg.out) / name, weights_fingerprint(spec.model)
     done = folder / "metrics_full.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        cached = json.loads(done.read_text())
+        if cached.get("weights") != weights:
+            raise ValueError(f"{done} was measured on other {name} weights; use another --out to start afresh")
+        return cached["results"]
     clip = judge_clip()
     reference = reference_from_arg("shapes", clip, cfg.reference_n, None, False)
     scorers = Scorers(clip, reference, clip if spec.prompts else None, batch_size=64)
@@ -85,7 +90,7 @@ def bench_model(name: str, spec: RunSpec, cfg: Config) -> dict[str, dict]:
         if quant.is_file():  # layers with weights kept float, with the reason (norms are never quantized)
             kept = json.loads(quant.read_text())["float_layers"]
             metrics["float_layers"] = {k: v for k, v in kept.items() if "not a quantizable layer" not in v}
-    done.write_text(json.dumps(results, indent=1))
+    done.write_text(json.dumps({"weights": weights, "results": results}, indent=1))
     return results
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 import visq
+from visq import zoo
 from visq.zoo import load, shapes
 from visq.zoo.judge import vit_predict
 from visq.zoo.vit import VIT_DATA, normalize
@@ -162,7 +163,9 @@ def main(cfg: Config = Config(), command: str = "python -m eval.bench_vit") -> d
     out.parent.mkdir(parents=True, exist_ok=True)
     cache_path = out.with_suffix(".json")
     cache = load_cache(cache_path)
-    setup = {"eval_n": cfg.eval_n, "model_dir": cfg.model_dir, "calib_size": cfg.calib_size, "recon": RECON}
+    weights = zoo.digest(cfg.model_dir) if cfg.model_dir else zoo.fingerprint("shapes-vit")
+    setup = {"eval_n": cfg.eval_n, "model_dir": cfg.model_dir, "calib_size": cfg.calib_size, "recon": RECON,
+             "weights": weights}
     if cache.setdefault("setup", setup) != setup:
         raise ValueError(f"{cache_path} holds cells of another setup ({cache['setup']}); use another --out")
     data = heldout(cfg)

@@ -209,8 +209,10 @@ class RunSpec:
 def _check_run_file(out: Path, spec: RunSpec) -> None:
     """Write ``run.json`` on a fresh run; on a rerun refuse arguments that would change the images."""
     state = dist.state()
+    from eval.pipes import weights_fingerprint
+
     path = out / "run.json"
-    wanted = json.loads(json.dumps(asdict(spec)))
+    wanted = {**json.loads(json.dumps(asdict(spec))), "weights": weights_fingerprint(spec.model)}
     if state.is_main_process and not path.is_file():
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(wanted, indent=1))

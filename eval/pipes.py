@@ -55,6 +55,15 @@ def zoo_names() -> list[str]:
     return list(names()) if callable(names) else []
 
 
+def weights_fingerprint(model: str) -> str:
+    """A short hash of the weights a zoo name or a local pipeline folder loads ("" for an unknown model)."""
+    if Path(model).is_dir() or model in zoo_names():
+        from visq import zoo
+
+        return zoo.digest(model) if Path(model).is_dir() else zoo.fingerprint(model)
+    return ""
+
+
 def load_pipeline(model: str) -> Any:
     """A float diffusers pipeline from a zoo name or a local diffusers folder (``model_index.json``), in eval mode.
 

@@ -94,6 +94,17 @@ def test_rerun_with_other_generation_arguments_is_refused(full_run, sd_folder):
         run(other, out, scorers())
 
 
+def test_rerun_on_other_weights_is_refused(full_run, sd_folder, tmp_path):
+    out, _ = full_run
+    moved = tmp_path / "run"
+    moved.mkdir()
+    info = json.loads((out / "run.json").read_text())
+    assert info["weights"]  # the run recorded which weights made its images
+    (moved / "run.json").write_text(json.dumps({**info, "weights": "0" * 16}))  # as if the model were retrained
+    with pytest.raises(ValueError, match="different weights"):
+        run(spec(str(sd_folder)), moved, scorers())
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one(full_run, sd_folder, tmp_path):
     out_full, metrics_full = full_run

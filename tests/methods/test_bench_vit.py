@@ -1,5 +1,6 @@
 """eval/bench_vit.py on a tiny stand-in ViT: the table is written and finished cells are skipped on a rerun."""
 
+import pytest
 import timm
 import torch
 
@@ -24,3 +25,12 @@ def test_bench_writes_table_and_resumes(tmp_path, monkeypatch):
     first = len(calls)
     bench_vit.main(cfg, "cmd")
     assert len(calls) == first  # nothing recomputed
+
+
+def test_cache_of_other_weights_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_vit, "load_vit", tiny_classifier)
+    cfg = bench_vit.Config(methods=("minmax",), bits=("w4a4",), seeds=(0,), eval_n=20, out=str(tmp_path / "t.md"))
+    bench_vit.main(cfg, "cmd")
+    monkeypatch.setattr(bench_vit.zoo, "fingerprint", lambda name: "retrained")
+    with pytest.raises(ValueError, match="another setup"):
+        bench_vit.main(cfg, "cmd")

@@ -66,6 +66,25 @@ def path(name: str) -> Path:
     return folder
 
 
+def digest(*folders: str | Path) -> str:
+    """A short sha256 of every ``*.safetensors`` file under ``folders`` (names relative to each folder, and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for root in map(Path, folders):
+        for f in sorted(root.rglob("*.safetensors")):
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(name: str) -> str:
+    """:func:`digest` of the shipped weight files ``load(name)`` reads, so that results (benchmark caches, resumed
+    runs) computed on other weights can be told apart from this model's."""
+    shared = [path("shapes-sd") / "vae"] if name == "shapes-dit" else []  # see _load_dit
+    return digest(path(name), *shared)
+
+
 def load(name: str, folder: str | Path | None = None) -> Any:
     """Load a zoo model (see the module docstring for what each name returns).
 
