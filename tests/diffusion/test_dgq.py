@@ -2,9 +2,19 @@ import torch
 
 import visq
 from tests.diffusion.conftest import PROMPTS
-from visq.quantizers import OutlierGroups, PromptLog, SiteShape, Uniform, build
+from visq.quantizers import (
+    OutlierGroups,
+    PromptLog,
+    QuantSpec,
+    SiteShape,
+    StartFloat,
+    StartFloatQuantizer,
+    Uniform,
+    build,
+)
 from visq.quantizers.outlier_groups import OutlierGroupsQuantizer
 from visq.quantizers.prompt_log import PromptLogQuantizer
+from visq.testing import tiny_sd
 
 
 def fit(q, x):
@@ -52,7 +62,18 @@ def test_log_quantizer_keeps_start_token_exact():
     assert ((ratio[big] > 2**-0.5 - 1e-4) & (ratio[big] < 2**0.5 + 1e-4)).all()  # within half a log2 step
 
 
-def test_dgq_method_on_tiny_sd(sd):
+def test_start_float_keeps_the_start_key_out_of_the_range():
+    keys = torch.randn(4, 6, 8)
+    keys[:, 0] *= 50.0  # the start token's key is an outlier
+    spec = StartFloat(Uniform(bits=4))
+    out = fit(build(spec, SiteShape("activation", 8, -1)), keys)(keys)
+    assert torch.equal(out[:, 0], keys[:, 0])
+    plain = fit(build(Uniform(bits=4), SiteShape("activation", 8, -1)), keys[:, 1:])
+    assert torch.equal(out[:, 1:], plain(keys[:, 1:]))  # the range comes from tokens 1: alone
+    assert QuantSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_dgq_method_on_tiny_sd(sd, tmp_path):
     visq.quantize(sd, "w8a8", method="dgq", calib=PROMPTS[:2], calib_options={"num_inference_steps": 3},
                   progress=False)
     mods = dict(sd.unet.named_modules())
@@ -60,4 +81,13 @@ def test_dgq_method_on_tiny_sd(sd):
     cross = mods["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.probs_quantizer"]
     assert isinstance(cross, PromptLogQuantizer) and cross.spec.keep_start
     assert not mods["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.probs_quantizer"].spec.keep_start
+    assert isinstance(mods["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.k_quantizer"],
+                      StartFloatQuantizer)
+    assert not isinstance(mods["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.k_quantizer"],
+                          StartFloatQuantizer)
     assert torch.isfinite(sd(PROMPTS[0], num_inference_steps=3, output_type="pt").images).all()
+    visq.save(sd, tmp_path)
+    fresh = visq.load(tiny_sd(), tmp_path)
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor(visq.quant_state(sd).timesteps[0]), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(fresh.unet(x, t, ctx).sample, sd.unet(x, t, ctx).sample)

@@ -3,9 +3,9 @@
 research/diffusion_methods.md section 4. Activations of every quantized Linear / Conv2d input get outlier-aware
 group ranges (``OutlierGroups``: K-means groups along the channel or token axis, whichever spreads more, ranges per
 timestep); attention probabilities get the prompt-specific log2 quantizer (``PromptLog``), with the start token's
-column kept float in cross-attention (``attn2``). Weights are left to the recipe (DGQ changes activations only).
-Defaults from spec 4.4: K = 2 groups at 8-bit activations, 16 below. Deviations: see the two quantizer files; the
-start token's key is still quantized by the k quantizer (DGQ excludes it) [simplification]. As in the DGQ code
+column kept float in cross-attention (``attn2``), and so is its key (``StartFloat`` around the k quantizer).
+Weights are left to the recipe (DGQ changes activations only). Defaults from spec 4.4: K = 2 groups at 8-bit
+activations, 16 below. Deviations: see the quantizer files. As in the DGQ code
 (spec 0.1) the UNet decoder's concat layers are split: their weights get two ranges (``split``); their inputs keep
 the group quantizer, whose K-means groups already separate channels of different range.
 """
@@ -23,6 +23,7 @@ from visq.methods.qdiff import ShortcutSplitting
 from visq.quantizers import Uniform
 from visq.quantizers.outlier_groups import OutlierGroups
 from visq.quantizers.prompt_log import PromptLog
+from visq.quantizers.start_float import StartFloat
 from visq.recipes import Recipe, Rule
 
 
@@ -90,4 +91,7 @@ class DGQ(ShortcutSplitting):
             bits = probs[1].bits
             extra += [Rule("*attn2.processor.probs_quantizer", PromptLog(bits, keep_start=True), optional=True),
                       Rule("*.probs_quantizer", PromptLog(bits, keep_start=False), optional=True)]
+            keys = base.spec_for("x.attn2.processor.k_quantizer")
+            if keys is not None and isinstance(keys[1], Uniform):
+                extra.append(Rule("*attn2.processor.k_quantizer", StartFloat(keys[1]), optional=True))
         return super().rules(tuple(extra) + rules)

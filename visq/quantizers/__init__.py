@@ -6,6 +6,7 @@ from visq.quantizers.noisy import Noisy, NoisyQuantizer
 from visq.quantizers.outlier_groups import OutlierGroups
 from visq.quantizers.prompt_log import PromptLog
 from visq.quantizers.split import Split, SplitQuantizer
+from visq.quantizers.start_float import StartFloat, StartFloatQuantizer
 from visq.quantizers.tangent import TanQRecon, TanQReconQuantizer
 from visq.quantizers.twin import TwinUniform, TwinUniformQuantizer
 from visq.quantizers.uniform import Uniform, UniformQuantizer
@@ -24,6 +25,8 @@ __all__ = [
     "SiteShape",
     "Split",
     "SplitQuantizer",
+    "StartFloat",
+    "StartFloatQuantizer",
     "TanQRecon",
     "TanQReconQuantizer",
     "TwinUniform",
