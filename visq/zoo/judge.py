@@ -24,6 +24,16 @@ def generate_sd(pipe, prompts: list[str], seed: int = 0, steps: int = 20, guidan
     return torch.cat(out)
 
 
+DIT_SIZE = 1  # shapes-dit draws large shapes only (an index into shapes.SIZES); see pipelines/train_dit.py
+
+
+def dit_data(n: int, seed: int, split: str = "heldout") -> shapes.ShapesBatch:
+    """Real images of the distribution ``shapes-dit`` learns: visq-shapes with every shape large."""
+    import numpy as np
+
+    return shapes.generate(n, seed, split, fixed={"size": np.full(n, DIT_SIZE)})
+
+
 def generate_dit(pipe, class_ids: list[int], seed: int = 0, steps: int = 20, guidance: float = 4.0,
                  batch: int = 60) -> torch.Tensor:
     """Sample one image per class id from a DiTPipeline; image i uses generator seed ``seed + i``."""
