@@ -55,12 +55,22 @@ def _specs(cfg: Config) -> dict[str, RunSpec]:
     }
 
 
-def _inception_fids(folder: Path, results: dict[str, dict], cfg: Config) -> None:
+def _reference(name: str, net, cfg: Config):
+    """Feature statistics of held-out real images of the distribution ``name`` learned (the DiT: large shapes)."""
+    if name == "shapes-dit":
+        from eval.stats import reference_stats
+        from visq.zoo.judge import dit_data
+
+        return reference_stats(net, dit_data(cfg.reference_n, 0).images, None)
+    return reference_from_arg("shapes", net, cfg.reference_n, None, False)
+
+
+def _inception_fids(name: str, folder: Path, results: dict[str, dict], cfg: Config) -> None:
     from eval.fid import fid_images, inception
     from eval.io import scan_images
 
     net = inception()
-    reference = reference_from_arg("shapes", net, cfg.reference_n, None, False)
+    reference = _reference(name, net, cfg)
     for name, metrics in results.items():
         metrics["fid_inception"] = fid_images(net, scan_images(folder / name).paths, reference)
 
@@ -77,11 +87,11 @@ def bench_model(name: str, spec: RunSpec, cfg: Config) -> dict[str, dict]:
             raise ValueError(f"{done} was measured on other {name} weights; use another --out to start afresh")
         return cached["results"]
     clip = judge_clip()
-    reference = reference_from_arg("shapes", clip, cfg.reference_n, None, False)
+    reference = _reference(name, clip, cfg)
     scorers = Scorers(clip, reference, clip if spec.prompts else None, batch_size=64)
     results = run(spec, folder, scorers)
     if cfg.inception:
-        _inception_fids(folder, results, cfg)
+        _inception_fids(name, folder, results, cfg)
     for config, metrics in results.items():
         info_path = folder / config / "config.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -135,7 +145,7 @@ def main(cfg: Config = Config()) -> dict[str, dict]:
              f"{cfg.per_prompt} images for shapes-sd, {cfg.dit_per_class} images per class for shapes-dit; DDIM "
              f"{cfg.steps} steps, guidance {cfg.guidance}; calibration on {cfg.calib_prompts} training captions / "
              f"every class x 4 with the same sampler settings; FID references: {cfg.reference_n} held-out real "
-             "visq-shapes images).", ""]
+             "visq-shapes images, large shapes only for shapes-dit, the half of visq-shapes it learns).", ""]
     for name, results in all_results.items():
         lines += table(name, results, cfg)
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -90,12 +90,13 @@ def bench_sd(cfg: Config) -> dict:
 
 def bench_dit(cfg: Config) -> dict:
     """The zoo ViT's top-1 on DiT samples w.r.t. the requested class, with its ceiling through this VAE (the ViT on
-    VAE reconstructions of real images), and judge-feature Frechet distances to real images, trained vs untrained."""
+    VAE reconstructions of real large-shape images), and judge-feature Frechet distances to such real images,
+    trained vs untrained."""
     from visq.zoo.builders import build_dit
 
     vit, jc, pipe = load("shapes-vit"), load("judge-clip"), load("shapes-dit")
     classes = [i % len(shapes.SHAPES) for i in range(cfg.dit_n)]
-    real = shapes.generate(cfg.dit_n, cfg.seed + 1, "heldout")
+    real = judge.dit_data(cfg.dit_n, cfg.seed + 1)  # the large-shape half of visq-shapes the DiT learns
     feats = zclip.image_features(jc.model, real.images)
     t0 = time.time()
     images = judge.generate_dit(pipe, classes, cfg.seed, cfg.steps, cfg.guidance)

@@ -4,7 +4,8 @@
 
 - ``"shapes"``: the held-out :class:`~visq.zoo.shapes.ShapesDataset` (1,000 images; build others directly).
 - ``"shapes-sd"``: a diffusers ``StableDiffusionPipeline`` (32x32, DDIM, 20 steps / guidance 4 suggested).
-- ``"shapes-dit"``: a diffusers ``DiTPipeline`` whose classes are the shape names (``pipe.get_label_ids``).
+- ``"shapes-dit"``: a diffusers ``DiTPipeline`` whose classes are the shape names (``pipe.get_label_ids``); it
+  draws large shapes (the distribution of :func:`visq.zoo.judge.dit_data`).
 - ``"shapes-vit"``: a timm ``VisionTransformer`` (eval mode) classifying 32x32 images into the 6 shapes;
   normalise inputs with :func:`visq.zoo.vit.normalize`.
 - ``"text-clip"``: a :class:`ZooClip` (transformers ``CLIPModel`` + ``CLIPTokenizer`` from ``shapes-sd/tokenizer``);
