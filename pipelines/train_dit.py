@@ -8,7 +8,8 @@ drew empty backgrounds or blobs often enough that the zoo ViT recognised only 57
 of VAE reconstructions of real images), so the DiT learns the large half of visq-shapes. The transformer's own
 label embedding drops 10% of labels to the null class 1000 in train mode, which is what DiTPipeline uses for
 classifier-free guidance. Loss: epsilon-prediction MSE with Min-SNR-gamma weighting (Hang et al., 2023:
-``min(SNR, gamma) / SNR`` per sample), which moves the effort to the noisy steps that decide the layout.
+``min(SNR, gamma) / SNR`` per sample), which moves the effort to the noisy steps that decide the layout; two
+cosine learning-rate cycles (``steps``, then a warm restart of ``restart_steps``).
 Quality: the zoo ViT's top-1 on generated images (needs ``shapes-vit``). Resumable from
 ``runs/zoo/shapes-dit/ckpt.pt``.
 """
@@ -43,6 +44,8 @@ class Config:
     steps: int = 8000
     batch: int = 128
     lr: float = 1e-3
+    restart_steps: int = 6000  # a second cosine cycle (warm restart): 8,000 steps alone reached ~72-77% ViT top-1
+    restart_lr: float = 5e-4
     snr_gamma: float = 5.0  # Min-SNR loss weighting
     ema: float = 0.999
     pool: int = 40_000
@@ -109,7 +112,7 @@ def train(cfg: Config, vae):
     model.train()
     t0 = time.time()
     snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
-    while step < cfg.steps:
+    while step < cfg.steps + cfg.restart_steps:
         gen.manual_seed(cfg.seed * 1_000_003 + step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # the label embedding's own 10% null-class dropout
         idx = torch.randint(0, len(data["label"]), (cfg.batch,), generator=gen)
@@ -119,14 +122,15 @@ def train(cfg: Config, vae):
         pred = model(noise_sched.add_noise(lat, noise, t), timestep=t, class_labels=data["label"][idx]).sample
         per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
         weight = snr[t].clamp(max=cfg.snr_gamma) / snr[t]
-        ema_train_step(model, ema, opt, (weight * per_sample).mean(), cosine_lr(step, cfg.steps, cfg.lr, warmup=200),
-                       cfg.ema)
+        lr = cosine_lr(step, cfg.steps, cfg.lr, warmup=200) if step < cfg.steps else \
+            cosine_lr(step - cfg.steps, cfg.restart_steps, cfg.restart_lr)
+        ema_train_step(model, ema, opt, (weight * per_sample).mean(), lr, cfg.ema)
         loss = per_sample.mean()
         step += 1
         if step % 100 == 0:
             print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
         ckpt.maybe_save(lambda step=step: {"step": step, "model": model.state_dict(), "ema": ema.state_dict(),
-                                 "opt": opt.state_dict()}, force=step == cfg.steps)
+                                 "opt": opt.state_dict()}, force=step in (cfg.steps, cfg.steps + cfg.restart_steps))
     return ema.eval(), step
 
 
