@@ -152,5 +152,7 @@ def main(cfg: Config = Config()) -> dict:
 
 
 if __name__ == "__main__":
+    from pipelines._cli import parse
+
     logging.basicConfig(level=logging.INFO)
-    main()
+    main(parse(Config, description=__doc__.splitlines()[0]))

@@ -18,5 +18,7 @@ from visq.zoo.clip import JUDGE_OPENCLIP
 JUDGE = Config(name="judge-clip", openclip=JUDGE_OPENCLIP, seed=1, steps=1500, hard_negatives=True, blur=0.5)
 
 if __name__ == "__main__":
+    from pipelines._cli import parse
+
     logging.basicConfig(level=logging.INFO)
-    main(JUDGE)
+    main(parse(Config, description=__doc__.splitlines()[0], defaults=JUDGE))

@@ -6,7 +6,7 @@ Epsilon-prediction DDPM training over the VAE's 8x8x4 latents (a precomputed poo
 images), conditioned on the frozen text CLIP's last hidden states exactly as StableDiffusionPipeline computes
 them (max-length padding, no attention mask); 10% of captions are dropped to "" for classifier-free guidance.
 An EMA of the weights is what ships. Resumable from ``runs/zoo/shapes-sd/ckpt.pt``; ``export_only=True``
-(``python -m pipelines.train_sd --export``) writes the pipeline from the current checkpoint.
+(``python -m pipelines.train_sd --export-only``) writes the pipeline from the current checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,5 +170,7 @@ def main(cfg: Config = Config()) -> dict:
 
 
 if __name__ == "__main__":
+    from pipelines._cli import parse
+
     logging.basicConfig(level=logging.INFO)
-    main(Config(export_only="--export" in sys.argv))
+    main(parse(Config, description=__doc__.splitlines()[0]))
