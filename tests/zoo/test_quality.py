@@ -52,4 +52,4 @@ def test_dit_classes(dit_pipe, vit):
 # full-benchmark values minus ~2 binomial standard errors at the test's n (measured: the zoo section of README.md)
 VIT_MIN = 0.87  # 90.9% at n=4,000; n=300 here
 SD_SHAPE_MIN = 0.80  # 90.7% at n=300; n=48 here
-DIT_MIN = 0.65
+DIT_MIN = 0.70  # 81.0% at n=300; n=48 here (2 SE = 11 points)
