@@ -25,7 +25,8 @@ OUT = Path(__file__).parent / "results" / "diffusion_ptq.md"
 @dataclass(frozen=True)
 class Config:
     models: tuple[str, ...] = ("shapes-sd", "shapes-dit")
-    methods: tuple[str, ...] = ("minmax", "qdiff", "temporal", "eda", "dgq")
+    # method[:key=value...]; the last row is DGQ without its log2 attention-probability quantizer (an ablation)
+    methods: tuple[str, ...] = ("minmax", "qdiff", "temporal", "eda", "dgq", "dgq:log_probs=false")
     bits: tuple[str, ...] = ("w8a8", "w4a8", "w4a4")
     prompts: int = 32
     per_prompt: int = 2
@@ -66,30 +67,41 @@ def _reference(name: str, net, cfg: Config):
 
 
 def _inception_fids(name: str, folder: Path, results: dict[str, dict], cfg: Config) -> None:
+    """Add ``fid_inception`` to every configuration that lacks it (those of a previous run keep theirs)."""
     from eval.fid import fid_images, inception
     from eval.io import scan_images
 
+    todo = [config for config, metrics in results.items() if "fid_inception" not in metrics]
+    if not todo:
+        return
     net = inception()
     reference = _reference(name, net, cfg)
-    for name, metrics in results.items():
-        metrics["fid_inception"] = fid_images(net, scan_images(folder / name).paths, reference)
+    for config in todo:
+        results[config]["fid_inception"] = fid_images(net, scan_images(folder / config).paths, reference)
 
 
 def bench_model(name: str, spec: RunSpec, cfg: Config) -> dict[str, dict]:
-    """Generate and score every configuration of one zoo model (cached in metrics_full.json once done)."""
-    from eval.pipes import weights_fingerprint
+    """Generate and score every configuration of one zoo model (cached in metrics_full.json; configurations added
+    later run on their own, the cached ones are not redone)."""
+    from eval.pipes import QuantConfig, weights_fingerprint
 
     folder, weights = Path(cfg.out) / name, weights_fingerprint(spec.model)
     done = folder / "metrics_full.json"
+    cached: dict[str, dict] = {}
     if done.is_file():
-        cached = json.loads(done.read_text())
-        if cached.get("weights") != weights:
+        saved = json.loads(done.read_text())
+        if saved.get("weights") != weights:
             raise ValueError(f"{done} was measured on other {name} weights; use another --out to start afresh")
-        return cached["results"]
+        cached = saved["results"]
+        if all(QuantConfig.parse(c).name in cached for c in spec.configs):
+            return cached
     clip = judge_clip()
     reference = _reference(name, clip, cfg)
     scorers = Scorers(clip, reference, clip if spec.prompts else None, batch_size=64)
     results = run(spec, folder, scorers)
+    for config, metrics in cached.items():  # a rerun rescores the same images: keep what only the cache has
+        if config in results:
+            results[config] = {**metrics, **results[config]}
     if cfg.inception:
         _inception_fids(name, folder, results, cfg)
     for config, metrics in results.items():
@@ -102,6 +114,13 @@ def bench_model(name: str, spec: RunSpec, cfg: Config) -> dict[str, dict]:
             metrics["float_layers"] = {k: v for k, v in kept.items() if "not a quantizable layer" not in v}
     done.write_text(json.dumps({"weights": weights, "results": results}, indent=1))
     return results
+
+
+def _name(bits: str, method: str) -> str:
+    """The results key (QuantConfig name) of ``bits`` quantized with ``method``."""
+    from eval.pipes import QuantConfig
+
+    return QuantConfig.parse(f"{bits}@{method}").name
 
 
 def _cell(metrics: dict[str, Any] | None, key: str, fmt: str) -> str:
@@ -128,12 +147,12 @@ def table(name: str, results: dict[str, dict], cfg: Config) -> list[str]:
         lines += [f"**{label}**", "", "| method | " + " | ".join(b.upper() for b in cfg.bits) + " |",
                   "|---|" + "---|" * len(cfg.bits)]
         for method in cfg.methods:
-            cells = [_cell(results.get(f"{b}-{method}"), key, fmt) for b in cfg.bits]  # QuantConfig names
+            cells = [_cell(results.get(_name(b, method)), key, fmt) for b in cfg.bits]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["Linear / Conv2d layers kept float (host defaults; every other such layer is quantized):", ""]
     for method in cfg.methods:
-        kept = (results.get(f"{cfg.bits[0]}-{method}") or {}).get("float_layers") or {}
+        kept = (results.get(_name(cfg.bits[0], method)) or {}).get("float_layers") or {}
         lines.append(f"- {method}: " + (", ".join(f"`{k}`" for k in _collapse(kept)) or "none"))
     return lines + [""]
 

@@ -27,22 +27,42 @@ class QuantConfig:
     recipe: str | None = None
     method: str | None = None
     load: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # keyword options of the method
 
     @classmethod
     def parse(cls, token: str) -> QuantConfig:
-        """``float`` | ``<recipe>[@<method>]`` (e.g. ``w4a8@ias``) | ``load:<folder>``."""
+        """``float`` | ``<recipe>[@<method>[:key=value...]]`` (e.g. ``w4a8@ias``, ``w8a8@dgq:log_probs=false``) |
+        ``load:<folder>``. Option values are read as bool (true/false), int, float or else str."""
         if token == "float":
             return cls("float")
         if token.startswith("load:"):
             folder = token[len("load:") :]
             return cls(f"loaded-{Path(folder).name}", load=folder)
-        recipe, _, method = token.partition("@")
+        recipe, _, method_part = token.partition("@")
+        method, *pairs = method_part.split(":") if method_part else [""]
+        options = []
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"method option {pair!r} in {token!r} is not key=value (e.g. w8a8@dgq:groups=4)")
+            options.append((key, _option_value(value)))
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", token)
-        return cls(name, recipe, method or None)
+        return cls(name, recipe, method or None, options=tuple(options))
 
     @property
     def quantized(self) -> bool:
         return self.recipe is not None or self.load is not None
+
+
+def _option_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def zoo_names() -> list[str]:
@@ -155,7 +175,8 @@ def prepare(
             else:
                 log.info("%s: quantizing with %s (method %s)", cfg.name, cfg.recipe, cfg.method or "default")
                 start = time.perf_counter()
-                visq.quantize(pipe, cfg.recipe, method=cfg.method, calib=calib, calib_options=calib_options)
+                visq.quantize(pipe, cfg.recipe, method=cfg.method, calib=calib, calib_options=calib_options,
+                              **dict(cfg.options))
                 seconds = time.perf_counter() - start
                 visq.save(pipe, str(saved))
                 done.write_text(json.dumps({**asdict(cfg), "calib_seconds": seconds}))
