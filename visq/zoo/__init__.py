@@ -19,6 +19,7 @@ Heavy libraries (diffusers, transformers, timm) are imported inside ``load`` onl
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,10 @@ def _load_dit(folder: Path):
 
     # the DiT shares the text-to-image pipeline's VAE instead of shipping a second copy
     vae = AutoencoderKL.from_pretrained(path("shapes-sd") / "vae", dtype=torch.float32)
-    return _eval_pipe(DiTPipeline.from_pretrained(folder, vae=vae, dtype=torch.float32))
+    # JSON keys are strings; passing the labels with int keys, as DiTPipeline types them, avoids a load warning
+    labels = json.loads((folder / "model_index.json").read_text()).get("id2label")
+    extra = {"id2label": {int(k): v for k, v in labels.items()}} if labels else {}
+    return _eval_pipe(DiTPipeline.from_pretrained(folder, vae=vae, dtype=torch.float32, **extra))
 
 
 def _eval_pipe(pipe):
@@ -144,8 +148,6 @@ def _load_clip(folder: Path) -> ZooClip:
     import torch
 
     if (folder / "open_clip_config.json").exists():  # the judge: an open_clip CLIP with a timm CNN image tower
-        import json
-
         import open_clip
         from safetensors.torch import load_file
 
