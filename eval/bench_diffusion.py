@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.images import GenSpec, RunSpec, Scorers, judge_clip, reference_from_arg, run
+from eval.pipes import QuantConfig, weights_fingerprint
 
 OUT = Path(__file__).parent / "results" / "diffusion_ptq.md"
 
@@ -83,8 +84,6 @@ def _inception_fids(name: str, folder: Path, results: dict[str, dict], cfg: Conf
 def bench_model(name: str, spec: RunSpec, cfg: Config) -> dict[str, dict]:
     """Generate and score every configuration of one zoo model (cached in metrics_full.json; configurations added
     later run on their own, the cached ones are not redone)."""
-    from eval.pipes import QuantConfig, weights_fingerprint
-
     folder, weights = Path(cfg.out) / name, weights_fingerprint(spec.model)
     done = folder / "metrics_full.json"
     cached: dict[str, dict] = {}
@@ -118,8 +117,6 @@ def bench_model(name: str, spec: RunSpec, cfg: Config) -> dict[str, dict]:
 
 def _name(bits: str, method: str) -> str:
     """The results key (QuantConfig name) of ``bits`` quantized with ``method``."""
-    from eval.pipes import QuantConfig
-
     return QuantConfig.parse(f"{bits}@{method}").name
 
 

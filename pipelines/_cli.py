@@ -22,14 +22,13 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, description: str | No
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(cls)
-    base = defaults
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if base is not None:
-            default = getattr(base, f.name)
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if not _is_flag_type(hints[f.name]):
             continue
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         flag = "--" + f.name.replace("_", "-")
         kind: Any = hints[f.name]
         if isinstance(default, bool):
@@ -40,7 +39,7 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, description: str | No
         else:
             parser.add_argument(flag, type=type(default) if default is not None else str, default=default)
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()}
-    return dataclasses.replace(base, **args) if base is not None else cls(**args)  # type: ignore[type-var]
+    return dataclasses.replace(defaults, **args) if defaults is not None else cls(**args)  # type: ignore[type-var]
 
 
 def _is_flag_type(kind: Any) -> bool:

@@ -5,8 +5,8 @@ from pipelines._cli import parse
 
 
 def test_training_flags_override_the_class_defaults():
-    cfg = parse(train_dit.Config, ["--steps", "10", "--restart-lr", "1e-4", "--run-dir", "/tmp/x"])
-    assert (cfg.steps, cfg.restart_lr, cfg.run_dir) == (10, 1e-4, "/tmp/x")
+    cfg = parse(train_dit.Config, ["--steps", "10", "--restart-lr", "1e-4", "--run-dir", "runs/elsewhere"])
+    assert (cfg.steps, cfg.restart_lr, cfg.run_dir) == (10, 1e-4, "runs/elsewhere")
     assert cfg.batch == train_dit.Config().batch
 
 
