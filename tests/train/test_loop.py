@@ -139,3 +139,25 @@ def test_bad_parameter_groups_raise():
 
     with pytest.raises(ValueError, match="two groups"):
         fit(Twice(), TrainSettings(steps=1, progress=False))
+
+
+def test_two_processes_average_gradients(tmp_path):
+    """`accelerate launch` with 2 CPU processes equals one process averaging both processes' losses."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.train._launch_fit import train
+
+    script = Path(__file__).parent / "_launch_fit.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+           str(tmp_path / "w.pt")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = torch.load(tmp_path / "w.pt")
+    for a, b, solo in zip(two, train(ranks=2), train()):
+        assert torch.allclose(a, b, atol=1e-6)
+        assert not torch.allclose(a, solo, atol=1e-4)  # the second process's data did reach the update
