@@ -2,16 +2,20 @@
 
 from visq.quantizers.base import Quantizer, QuantSpec, SiteShape, build
 from visq.quantizers.log2 import Log2, Log2Quantizer, ShiftUniformLog2, ShiftUniformLog2Quantizer
+from visq.quantizers.lsq import LSQ, LSQQuantizer
 from visq.quantizers.noisy import Noisy, NoisyQuantizer
 from visq.quantizers.outlier_groups import OutlierGroups
 from visq.quantizers.prompt_log import PromptLog
 from visq.quantizers.split import Split, SplitQuantizer
 from visq.quantizers.start_float import StartFloat, StartFloatQuantizer
+from visq.quantizers.statsq import StatsQ, StatsQQuantizer
 from visq.quantizers.tangent import TanQRecon, TanQReconQuantizer
 from visq.quantizers.twin import TwinUniform, TwinUniformQuantizer
 from visq.quantizers.uniform import Uniform, UniformQuantizer
 
 __all__ = [
+    "LSQ",
+    "LSQQuantizer",
     "Log2",
     "Log2Quantizer",
     "Noisy",
@@ -27,6 +31,8 @@ __all__ = [
     "SplitQuantizer",
     "StartFloat",
     "StartFloatQuantizer",
+    "StatsQ",
+    "StatsQQuantizer",
     "TanQRecon",
     "TanQReconQuantizer",
     "TwinUniform",
