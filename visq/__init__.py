@@ -10,6 +10,7 @@
 
 from visq.api import QuantState, freeze, quant_state, quantize, summary, unfreeze
 from visq.calibrate import CalibSet, Call, observing
+from visq.doctor import Diagnosis, doctor
 from visq.io import load, save
 from visq.quantizers import QuantSpec, Uniform
 from visq.recipes import PRESETS, Recipe, Rule
@@ -21,11 +22,13 @@ __all__ = [
     "PRESETS",
     "CalibSet",
     "Call",
+    "Diagnosis",
     "QuantSpec",
     "QuantState",
     "Recipe",
     "Rule",
     "Uniform",
+    "doctor",
     "freeze",
     "load",
     "observing",
