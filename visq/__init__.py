@@ -10,6 +10,7 @@
 
 from visq.api import QuantState, freeze, quant_state, quantize, summary, unfreeze
 from visq.calibrate import CalibSet, Call, observing
+from visq.deploy.export import export
 from visq.doctor import Diagnosis, doctor
 from visq.io import load, save
 from visq.quantizers import QuantSpec, Uniform
@@ -28,6 +29,7 @@ __all__ = [
     "Recipe",
     "Rule",
     "Uniform",
+    "export",
     "doctor",
     "freeze",
     "load",

@@ -12,6 +12,7 @@ from torch import nn
 
 from visq import hosts, methods, recipes, sites
 from visq.calibrate import fit_weights, observing, run
+from visq.deploy.export import summary_lines
 from visq.modules import QUANT_LAYERS
 from visq.recipes import Recipe
 
@@ -137,4 +138,5 @@ def summary(obj: Any) -> str:
     lines += [f"  {path or '<root>':<{width}}  {why}" for path, why in state.plan.float_layers.items()]
     if state.timesteps:
         lines.append(f"calibrated timesteps: {', '.join(f'{t:g}' for t in state.timesteps)}")
+    lines += summary_lines(model)
     return "\n".join(lines)

@@ -38,6 +38,8 @@ def save(obj: Any, folder: str | Path) -> Path:
         "sites": {site: spec.to_dict() for site, spec in state.plan.quantized.items()},
         "float_layers": state.plan.float_layers,
     }
+    if getattr(model, "visq_export", None) is not None:
+        meta["export"] = model.visq_export.to_dict()  # load rebuilds these layers before reading their buffers
     (folder / "quant.json").write_text(json.dumps(meta, indent=1))
     return folder
 
@@ -77,6 +79,10 @@ def load(obj: T, folder: str | Path) -> T:
     plan.float_layers = dict(meta.get("float_layers", plan.float_layers))
     undo = sites.install(model, plan)
     try:
+        if "export" in meta:
+            from visq.deploy.export import rebuild
+
+            rebuild(model, meta["export"])
         _load_state(model, folder / "model.safetensors")
         host.activate(obj, model)
     except BaseException:

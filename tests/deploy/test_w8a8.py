@@ -1,0 +1,90 @@
+"""Exported W8A8 linears against the fake-quant forward: per layer within one accumulator step, per model within
+one integer step of every layer's input codes."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import visq
+from tests.deploy.conftest import assert_codes_within_one_step, fake_and_exported, record_codes
+from visq import Recipe, Rule, Uniform
+from visq.deploy.w8a8 import Int8Linear
+from visq.kernels import int8
+from visq.testing import tiny_sd, tiny_vit
+
+PROMPTS = ["a red circle", "a blue square"]
+
+
+def _token_spec(**kw) -> Uniform:
+    # per-token activations are dynamic; the explicit flag exists once the quality-defaults half lands
+    extra = {"dynamic": True} if "dynamic" in {f.name for f in dataclasses.fields(Uniform)} else {}
+    return Uniform(granularity="token", **kw, **extra)
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(24, 40), nn.GELU(), nn.Linear(40, 16)).eval()
+
+
+ACTIVATIONS = {
+    "static asym": Uniform(bits=8),
+    "static sym": Uniform(bits=8, symmetric=True),
+    "static asym 6-bit": Uniform(bits=6),
+    "token asym": None,
+    "token sym": None,
+}
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_layer_within_one_accumulator_step(name):
+    act = ACTIVATIONS[name] or _token_spec(symmetric=name.endswith("sym"))
+    recipe = Recipe((Rule("*.weight_quantizer", Uniform(bits=8, symmetric=True, granularity="channel")),
+                     Rule("*.input_quantizer", act)))
+    x = torch.randn(64, 24) * 3 + 1
+    ref, out = fake_and_exported(visq.quantize(_mlp(), recipe, calib=x, progress=False))
+    assert isinstance(out[0], Int8Linear) and isinstance(out[2], Int8Linear)
+    y = torch.randn(5, 7, 24) * 3 + 1  # 3-d input, outside the calibration range (clamped codes)
+    with torch.no_grad():
+        expected, got = ref[0](y), out[0](y)
+    # one accumulator step is s_x * s_w[channel] (s_x per token when dynamic)
+    act_scale = int8.quantize_dynamic(y, act)[1] if act.granularity == "token" else out[0].input_quantizer.scale
+    step = act_scale * out[0].weight_scale
+    assert got.shape == expected.shape
+    assert ((got - expected).abs() <= step).all()
+
+
+def test_vit_codes_within_one_step(images):
+    ref, out = fake_and_exported(visq.quantize(tiny_vit(), "w8a8", calib=images, progress=False))
+    seen_ref, seen_out = record_codes(ref), record_codes(out)
+    with torch.no_grad():
+        a, b = ref(images), out(images)
+    assert_codes_within_one_step(seen_ref, seen_out)
+    assert (a - b).abs().max() <= 1e-3 * a.abs().max()
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_sd_unet_per_timestep_codes_within_one_step():
+    pipe = visq.quantize(tiny_sd(), "w8a8", method="temporal", calib=PROMPTS,
+                         calib_options={"num_inference_steps": 2}, progress=False)
+    ref, out = fake_and_exported(pipe)
+    seen_ref, seen_out = record_codes(ref.unet), record_codes(out.unet)
+    kwargs = dict(num_inference_steps=2, output_type="np")
+    with torch.no_grad():
+        a = ref(PROMPTS, generator=torch.Generator().manual_seed(0), **kwargs).images
+        b = out(PROMPTS, generator=torch.Generator().manual_seed(0), **kwargs).images
+    assert_codes_within_one_step(seen_ref, seen_out)
+    assert abs(a - b).max() < 2e-3
+    text = visq.summary(out)
+    assert "int8 _int_mm W8A8 (static per-tensor act" in text
+    assert "conv_in" not in text.split("fake-quant layers")[1]  # a float layer is not listed as fake-quant
+    assert "convolution: no int8 conv kernel exported, runs fake-quant" in text
+
+
+def test_export_errors(images):
+    with pytest.raises(ValueError, match="not quantized"):
+        visq.export(tiny_vit())
+    model = visq.export(visq.quantize(tiny_vit(), "w8a8", calib=images, progress=False))
+    with pytest.raises(ValueError, match="already exported"):
+        visq.export(model)

@@ -1,0 +1,84 @@
+"""Which exported layer class (if any) runs each fake-quant layer, and why the others stay fake-quant.
+
+A layer is exported only when its integer form reproduces the fake-quant weight exactly (checked, not assumed):
+- ``QuantLinear`` with symmetric per-channel / per-tensor uniform weights (<= 8 bits) and a uniform input
+  quantizer (<= 8 bits, static per tensor or dynamic per token) -> ``Int8Linear``;
+- ``QuantLinear`` without an input quantizer: <= 4-bit symmetric per-channel / per-group weights ->
+  ``Int4Linear``; 5-8 bits per channel -> ``Int8WeightLinear``;
+- everything else (convolutions, log2 / twin / split quantizers, asymmetric weights) keeps its fake-quant forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from visq.deploy.w8a8 import Int8Linear
+from visq.deploy.weight_only import Int4Linear, Int8WeightLinear
+from visq.modules import QuantConv2d, QuantLinear
+from visq.quantizers.uniform import UniformQuantizer
+
+KINDS = ("w8a8", "int8-weight", "int4-weight")
+
+
+def weight_codes(layer: QuantLinear) -> tuple[Tensor, Tensor] | str:
+    """(codes (N, K), scale (N,) or (N, groups)) of a symmetric uniform weight quantizer, or why there are none."""
+    wq = layer.weight_quantizer
+    if type(wq) is not UniformQuantizer:
+        return f"weight quantizer {type(wq).__name__} has no integer kernel"
+    spec = wq.spec
+    if not spec.symmetric or spec.bits > 8 or spec.granularity not in ("channel", "tensor", "group"):
+        return f"weight spec {spec.short()} has no integer kernel (needs symmetric <= 8 bit, channel / group)"
+    qmin, qmax = spec.qrange
+    n = layer.out_features
+    with torch.no_grad():
+        w = layer.weight.detach().float()
+        rows = w.reshape(-1, spec.group_size) if spec.granularity == "group" else w
+        scale = wq.scale.float().reshape(-1, 1) if spec.granularity != "tensor" else wq.scale.float().reshape(1, 1)
+        codes = torch.clamp(torch.round(rows / scale), qmin, qmax)
+        if not torch.equal((codes * scale).reshape(w.shape).to(layer.weight.dtype), layer.quantized_weight()):
+            return "integer weight codes do not reproduce the fake-quant weight"
+    scale = scale.expand(n, 1) if spec.granularity == "tensor" else scale.reshape(n, -1)
+    return codes.reshape(w.shape).to(torch.int8), scale.contiguous()
+
+
+def choose(layer: nn.Module) -> tuple[str | None, str]:
+    """(kind, reason): the export kind for ``layer`` (None: stays fake-quant) and the reason ``summary`` shows."""
+    if isinstance(layer, QuantConv2d):
+        return None, "convolution: no int8 conv kernel exported, runs fake-quant"
+    if not isinstance(layer, QuantLinear):
+        return None, f"{type(layer).__name__} has no exported form"
+    if layer.weight_quantizer is None:
+        return None, "weights float (activation-only quantization): runs fake-quant"
+    spec = layer.weight_quantizer.spec
+    iq = layer.input_quantizer
+    if iq is None:
+        if spec.bits <= 4:
+            return "int4-weight", ""
+        if spec.granularity == "group":
+            return None, "int8 weight-only kernel has one scale per channel, not per group: runs fake-quant"
+        return "int8-weight", ""
+    if type(iq) is not UniformQuantizer:
+        return None, f"input quantizer {type(iq).__name__} has no int8 kernel: runs fake-quant"
+    aspec = iq.spec
+    if aspec.bits > 8 or aspec.granularity not in ("tensor", "token"):
+        return None, f"activation spec {aspec.short()} has no int8 kernel (needs <= 8 bit, tensor or token)"
+    if spec.granularity == "group":
+        return None, "group-wise weights with quantized activations have no int8 kernel: runs fake-quant"
+    return "w8a8", ""
+
+
+def build(layer: QuantLinear, kind: str) -> nn.Module | str:
+    """The exported module of ``kind`` for ``layer``, or why it cannot be built."""
+    found = weight_codes(layer)
+    if isinstance(found, str):
+        return found
+    codes, scale = found
+    bias = layer.bias
+    if kind == "w8a8":
+        return Int8Linear.from_codes(codes, scale.reshape(-1), bias, layer.input_quantizer)
+    if kind == "int8-weight":
+        return Int8WeightLinear.from_codes(codes, scale.reshape(-1), bias)
+    if kind == "int4-weight":
+        return Int4Linear.from_codes(codes, scale, bias)
+    raise ValueError(f"unknown export kind {kind!r}; known: {KINDS}")

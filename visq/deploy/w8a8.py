@@ -1,0 +1,71 @@
+"""W8A8 linear: int8 weights x int8 activations -> int32 (``torch._int_mm``), rescaled to float.
+
+Activations use the layer's calibrated ``UniformQuantizer`` (kept as the ``input_quantizer`` child, so per-timestep
+scales and ``visq.set_timestep`` work unchanged): static per tensor, or dynamic per token. Weights are stored
+transposed, (in_features, out_features) int8, the layout the CPU GEMM reads fastest. See ``visq.kernels.int8``
+for the arithmetic, including the exact zero-point correction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from visq.kernels import int8
+from visq.quantizers.uniform import UniformQuantizer
+
+
+class Int8Linear(nn.Module):
+    """Exported W8A8 ``nn.Linear``: buffers ``qweight`` (K, N) int8, ``weight_scale`` (N,), ``weight_sum`` (N,)
+    int32 (column sums of ``qweight``, for the zero-point correction), ``bias``, and the ``input_quantizer``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, input_quantizer: UniformQuantizer) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(in_features, out_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("weight_sum", torch.zeros(out_features, dtype=torch.int32))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.input_quantizer = input_quantizer
+
+    @classmethod
+    def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None, input_quantizer: UniformQuantizer):
+        """Build from integer weight codes (N, K) and their per-channel (or single) scale."""
+        n, k = codes.shape
+        new = cls(k, n, bias is not None, input_quantizer)
+        new.qweight.copy_(codes.t())
+        new.weight_scale.copy_(scale.float().expand(n))
+        new.weight_sum.copy_(codes.to(torch.int32).sum(dim=1))
+        if bias is not None:
+            new.bias.copy_(bias.detach())
+        return new
+
+    @property
+    def kernel(self) -> str:
+        """What ``summary`` prints for this layer."""
+        spec = self.input_quantizer.spec
+        act = "dynamic per-token" if spec.granularity == "token" else "static per-tensor"
+        zp = "symmetric" if spec.symmetric else "zero point via row-sum correction"
+        return f"int8 _int_mm W8A8 ({act} act, {zp})"
+
+    def forward(self, x: Tensor) -> Tensor:
+        spec = self.input_quantizer.spec
+        if spec.granularity == "token":
+            return int8.linear_dynamic(x, self.qweight, self.weight_scale, self.weight_sum.float(), self.bias, spec)
+        scale, zero = self.input_quantizer._current()  # the calibrated (per-timestep) scale and zero point
+        scale, zero = scale.reshape(()), zero.reshape(())  # 0-dim, as the fake quantizer divides by it
+        codes = int8.quantize_static(x, scale, zero, spec)
+        out_scale, out_shift = self._epilogue(scale, zero, int8.act_offset(spec))
+        return int8.linear_static(x, self.qweight, out_scale, out_shift, codes)
+
+    def _epilogue(self, scale: Tensor, zero: Tensor, offset: int) -> tuple[Tensor, Tensor]:
+        # The correction is an exact integer; fold it into the shift in float64 so large K loses no accumulator step.
+        correction = (offset - zero.double()) * self.weight_sum.double()
+        out_scale = scale.double() * self.weight_scale.double()
+        shift = out_scale * correction
+        if self.bias is not None:
+            shift = shift + self.bias.double()
+        return out_scale.float(), shift.float()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel!r}"

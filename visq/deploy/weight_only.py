@@ -1,0 +1,108 @@
+"""Weight-only exported linears: int8 weights (``aten._weight_int8pack_mm``) and packed 4-bit weights.
+
+Activations stay float. The 4-bit layer stores two codes a byte (``visq.kernels.int4``); the kernel follows the
+activation dtype: bf16 runs tinygemm (CPU or CUDA), anything else dequantizes and calls ``F.linear``, bit-equal
+to the fake-quant forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from visq.kernels import int4
+
+
+class Int8WeightLinear(nn.Module):
+    """Exported W8A16 ``nn.Linear``: ``qweight`` (N, K) int8 and ``weight_scale`` (N,), activations float."""
+
+    kernel = "int8 weight-only (_weight_int8pack_mm)"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Int8WeightLinear:
+        n, k = codes.shape
+        new = cls(k, n, bias is not None)
+        new.qweight.copy_(codes)
+        new.weight_scale.copy_(scale.float().expand(n))
+        if bias is not None:
+            new.bias.copy_(bias.detach())
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.weight_scale.to(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int4Linear(nn.Module):
+    """Exported W4A16 ``nn.Linear``: ``packed`` uint8 (N, ceil(K / 2)), ``weight_scale`` (N, K / group).
+
+    A non-persistent ``kernel_weight`` holds tinygemm's own layout when the shape allows it; it is rebuilt after
+    ``load_state_dict`` and when the layer moves to another device type.
+    """
+
+    def __init__(self, in_features: int, out_features: int, group_size: int, bias: bool) -> None:
+        super().__init__()
+        if in_features % group_size:
+            raise ValueError(f"group size {group_size} does not divide in_features {in_features}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("packed", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.ones(out_features, in_features // group_size))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self.register_buffer("kernel_weight", None, persistent=False)
+        self.register_buffer("kernel_scales", None, persistent=False)
+        self.layout_device = "cpu"  # the device type kernel_weight was laid out for (.to() moves it unchanged)
+        self.register_load_state_dict_post_hook(lambda module, _: module.prepare())
+
+    @classmethod
+    def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Int4Linear:
+        """Build from codes (N, K) in [-8, 7] and scales (N, groups) (groups 1: per channel)."""
+        n, k = codes.shape
+        scale = scale.reshape(n, -1)
+        new = cls(k, n, k // scale.shape[1], bias is not None)
+        new.packed.copy_(int4.pack(codes))
+        new.weight_scale.copy_(scale)
+        if bias is not None:
+            new.bias.copy_(bias.detach())
+        new.prepare()
+        return new
+
+    @property
+    def tinygemm(self) -> bool:
+        return int4.tinygemm_ok(self.in_features, self.out_features, self.group_size)
+
+    @property
+    def kernel(self) -> str:
+        if self.tinygemm:
+            return f"int4 packed g{self.group_size}: tinygemm for bf16 activations, else dequant + F.linear"
+        return f"int4 packed g{self.group_size}: dequant + F.linear (shape unsupported by tinygemm)"
+
+    def prepare(self) -> None:
+        """(Re)build tinygemm's weight layout for the device the packed weight is on."""
+        if not self.tinygemm:
+            return
+        self.kernel_weight = int4.tinygemm_pack(self.packed, self.in_features, self.packed.device)
+        self.layout_device = self.packed.device.type
+        self.kernel_scales = int4.tinygemm_scales(self.weight_scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.bfloat16 and self.kernel_weight is not None:
+            if self.layout_device != x.device.type:  # moved with .to(): the layouts differ per device
+                self.prepare()
+            y = int4.tinygemm_mm(x, self.kernel_weight, self.kernel_scales, self.group_size, self.out_features)
+            return y + self.bias.to(y.dtype) if self.bias is not None else y
+        weight = int4.dequantize(self.packed, self.weight_scale, self.in_features, x.dtype)
+        return F.linear(x, weight, self.bias.to(x.dtype) if self.bias is not None else None)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"

@@ -1,0 +1,87 @@
+"""int8 x int8 -> int32 matmul (``torch._int_mm``) and the activation / output arithmetic around it.
+
+An activation code ``q`` on an unsigned grid [0, 2^b - 1] with zero point ``z`` is stored shifted by
+``offset = 2^(b-1)`` so it fits int8: ``c = q - offset``. With symmetric int8 weights ``w`` (scale ``s_w`` per
+output channel) the dequantized product is exact in integers:
+
+    y[m, n] = s_x * s_w[n] * (sum_k c[m, k] w[k, n] + (offset - z) * sum_k w[k, n]) + bias[n]
+
+``(offset - z) * sum_k w[k, n]`` is the row-sum correction that makes the zero point exact. Signed (symmetric)
+activation grids need no shift (offset 0, z 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from visq.quantizers.uniform import Uniform, range_to_params
+
+
+def act_offset(spec: Uniform) -> int:
+    """Shift that moves the spec's code range into int8 (0 for signed grids)."""
+    return 0 if spec.symmetric else 2 ** (spec.bits - 1)
+
+
+def quantize_static(x: Tensor, scale: Tensor, zero: Tensor, spec: Uniform) -> Tensor:
+    """int8 codes ``clamp(round(x / s) + z, qmin, qmax) - offset`` of a per-tensor static quantizer.
+
+    The same operations as the fake quantizer (division, not a reciprocal multiply), so codes match it exactly.
+    """
+    qmin, qmax = spec.qrange
+    offset = act_offset(spec)
+    codes = torch.div(x, scale).round_().add_(zero - offset).clamp_(qmin - offset, qmax - offset)
+    return codes.to(torch.int8)
+
+
+def quantize_dynamic(x: Tensor, spec: Uniform) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token (last axis) dynamic codes, with their scale and zero point (both shaped (..., 1))."""
+    lo = x.amin(dim=-1, keepdim=True)
+    hi = x.amax(dim=-1, keepdim=True)
+    scale, zero = range_to_params(lo, hi, spec)  # in x's dtype, as the fake quantizer computes them
+    return quantize_static(x, scale, zero, spec), scale, zero
+
+
+def int_mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for int8 (M, K) x (K, N) -> int32.
+
+    CPU takes any shape. CUDA's kernel needs M > 16 and K, N multiples of 8: smaller or ragged operands are
+    zero-padded (exact: padded rows / columns contribute zeros) and the result sliced back.
+    """
+    if not a.is_cuda:
+        return torch._int_mm(a, b)
+    m, k = a.shape
+    n = b.shape[1]
+    pad_m, pad_k, pad_n = max(0, 17 - m), -k % 8, -n % 8
+    if pad_m or pad_k:
+        a = F.pad(a, (0, pad_k, 0, pad_m))
+    if pad_k or pad_n:
+        b = F.pad(b, (0, pad_n, 0, pad_k))
+    return torch._int_mm(a, b)[:m, :n]
+
+
+def linear_static(x: Tensor, qweight: Tensor, out_scale: Tensor, out_shift: Tensor, codes: Tensor) -> Tensor:
+    """``y = acc * out_scale + out_shift`` where ``acc`` is the int32 product of ``codes`` and ``qweight``.
+
+    ``out_scale = s_x * s_w`` and ``out_shift = s_x * s_w * (offset - z) * colsum(w) + bias`` are per output
+    channel (the caller folds the zero-point correction into the shift).
+    """
+    acc = int_mm(codes.reshape(-1, codes.shape[-1]), qweight)
+    y = torch.addcmul(out_shift, acc, out_scale)
+    return y.reshape(*x.shape[:-1], qweight.shape[1]).to(x.dtype)
+
+
+def linear_dynamic(
+    x: Tensor, qweight: Tensor, weight_scale: Tensor, weight_sum: Tensor, bias: Tensor | None, spec: Uniform
+) -> Tensor:
+    """Per-token dynamic W8A8 linear: codes, scale and zero point per row of ``x``, then the corrected product."""
+    x2 = x.reshape(-1, x.shape[-1])
+    codes, scale, zero = quantize_dynamic(x2, spec)
+    acc = int_mm(codes, qweight).float()
+    if not spec.symmetric:
+        acc.add_((act_offset(spec) - zero) * weight_sum)
+    y = acc.mul_(scale * weight_scale)
+    if bias is not None:
+        y.add_(bias)
+    return y.reshape(*x.shape[:-1], qweight.shape[1]).to(x.dtype)
