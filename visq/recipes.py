@@ -133,7 +133,7 @@ def map_activation_specs(rules: Iterable[Rule], change: Callable[[Uniform], Unif
     for rule in rules:
         spec = rule.spec
         is_activation = not rule.pattern.endswith("weight_quantizer")
-        if is_activation and isinstance(spec, Uniform) and spec.granularity != "token":
+        if is_activation and isinstance(spec, Uniform) and not spec.dynamic:
             spec = change(spec)
         out.append(replace(rule, spec=spec))
     return tuple(out)

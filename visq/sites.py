@@ -93,7 +93,8 @@ def _layer_shapes(module: nn.Module) -> dict[str, SiteShape]:
             "input_quantizer": SiteShape("activation", module.in_features, -1),
         }
     return {
-        "weight_quantizer": SiteShape("weight", module.out_channels, 0, module.weight[0].numel()),
+        "weight_quantizer": SiteShape("weight", module.out_channels, 0, module.weight[0].numel(),
+                                      kernel=module.weight[0, 0].numel()),
         "input_quantizer": SiteShape("activation", module.in_channels, 1),
     }
 

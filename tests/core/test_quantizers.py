@@ -64,7 +64,7 @@ def test_group_size_must_divide():
 
 def test_per_token_is_dynamic():
     x = torch.randn(3, 5, 8) * torch.tensor([1.0, 10.0, 100.0])[:, None, None]
-    q = build(Uniform(bits=8, granularity="token"), ACT)
+    q = build(Uniform(bits=8, granularity="token", dynamic=True), ACT)
     y = q(x)
     step = (x.amax(-1) - x.amin(-1).clamp(max=0)) / 255
     assert ((y - x).abs().amax(-1) <= step / 2 + 1e-5).all()
@@ -130,3 +130,29 @@ def test_unobserved_quantizer_fit_raises():
 def test_follows_input_dtype():
     q = fitted(Uniform(bits=8), torch.randn(16, 8))
     assert q(torch.randn(4, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_conv_weight_groups_run_along_input_channels():
+    w = torch.randn(4, 8, 3, 3, generator=torch.Generator().manual_seed(5))
+    site = SiteShape("weight", 4, 0, 72, kernel=9)
+    q = fitted(Uniform(bits=4, symmetric=True, granularity="group", group_size=4), w, site)
+    groups = w.permute(0, 2, 3, 1).reshape(-1, 4)  # 4 input channels at one (out, kh, kw) position
+    assert torch.allclose(q.scale, groups.abs().amax(dim=1) / 7)
+    step = (q.scale.reshape(4, 3, 3, 2).repeat_interleave(4, dim=3)).permute(0, 3, 1, 2)
+    assert ((q(w) - w).abs() <= step / 2 + 1e-6).all()
+    with pytest.raises(ValueError, match="input channels"):
+        build(Uniform(bits=4, symmetric=True, granularity="group", group_size=3), site)  # divides 72, not 8
+
+
+def test_specs_written_before_dynamic_existed_load_as_they_meant():
+    token = QuantSpec.from_dict({"type": "uniform", "bits": 8, "granularity": "token"})
+    assert token.dynamic and token.granularity == "token"
+    group = QuantSpec.from_dict({"type": "uniform", "bits": 4, "symmetric": True, "granularity": "group",
+                                 "group_size": 8})
+    assert group.flat_groups  # the old flattened-kernel layout, so saved conv scales keep their meaning
+    assert QuantSpec.from_dict(group.to_dict()) == group
+    w = torch.randn(2, 8, 3, 3)
+    q = fitted(group, w, SiteShape("weight", 2, 0, 72, kernel=9))
+    assert torch.allclose(q.scale, w.reshape(-1, 8).abs().amax(dim=1) / 7)
+    with pytest.raises(ValueError, match="dynamic=True"):
+        Uniform(granularity="token")

@@ -83,7 +83,7 @@ class DGQ(ShortcutSplitting):
             site = f"{layer}.input_quantizer"
             hit = base.spec_for(site)
             spec = hit[1] if hit else None
-            if isinstance(spec, Uniform) and spec.granularity != "token":
+            if isinstance(spec, Uniform) and not spec.dynamic:
                 groups = self.groups or (2 if spec.bits >= 8 else 16)
                 extra.append(Rule(site, OutlierGroups(spec.bits, groups, tokens, self.per_timestep), optional=True))
         probs = base.spec_for("x.probs_quantizer")

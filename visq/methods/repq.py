@@ -1,15 +1,19 @@
 """RepQ-ViT (Li et al., ICCV 2023; research/vit_methods.md 1.5): scale reparameterisation + log-sqrt2 softmax.
 
 1. Post-LayerNorm activations (tensors A, F: inputs of ``attn.qkv`` and ``mlp.fc1``) are calibrated per channel
-   (asymmetric, percentile search), then reparameterised to one per-tensor (s~, z~):
+   (asymmetric, percentile search, the searched range used as is: ``include_zero=False``, as the official
+   quantizer does, so an all-positive outlier channel keeps a fine step), then reparameterised to one per-tensor
+   (s~, z~):
        r = s / s~,   x' = x / r + s~ (z - z~)          (the per-tensor grid on x' is channel c's grid on x)
        LayerNorm:  gamma <- gamma / r,   beta <- beta / r + s~ (z - z~)
        next linear: W <- W diag(r) (input columns),   bias <- bias - W_old (s (z - z~))
    then the weight quantizer of that linear is fitted again. RepQ uses s~ = mean(s), z~ = mean(z) (fractional,
    so not exactly lossless); ``round_zero_point=True`` makes z~ an integer, and then the transition is exact.
-2. Post-softmax probabilities (C): log-sqrt2 quantizer (``Log2(sqrt2=True)``), scale by percentile search.
+2. Post-softmax probabilities (C): log-sqrt2 quantizer (``Log2(sqrt2=True)``), scale by percentile search over
+   the official candidates {0.999, 0.9999, 0.99999} (quantiles of the whole calibration set).
 3. Other activations: per-tensor asymmetric, percentile search; weights per output channel, asymmetric,
-   percentile search. One calibration pass (32 images in the paper), no reconstruction.
+   percentile search; none of them forced to contain 0 (one quantizer class in the official code).
+   One calibration pass (32 images in the paper), no reconstruction.
 Deviations: patch embedding and head follow the host default (float); Swin ``PatchMerging`` norm -> reduction is
 not reparameterised (it stays per tensor, as in I&S-ViT), so no bias has to be created there.
 """
@@ -35,11 +39,12 @@ from visq.methods.vit_sites import (
     uniform_at,
 )
 from visq.quantizers import Log2, QuantSpec, UniformQuantizer, build
-from visq.recipes import Rule, with_activation_range
+from visq.recipes import Rule, map_activation_specs
 
 logger = logging.getLogger(__name__)
 Aggregate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 REPQ_WEIGHT_PERCENTILES = (0.999, 0.9999, 0.99999)
+REPQ_PROB_PERCENTILES = (0.999, 0.9999, 0.99999)
 
 
 def mean_target(scale: Tensor, zero: Tensor) -> tuple[Tensor, Tensor]:
@@ -51,16 +56,16 @@ def reparam_rules(
     rules: tuple[Rule, ...], probs: Callable[[int], QuantSpec], weight_percentiles: tuple[float, ...]
 ) -> tuple[Rule, ...]:
     """Rules of the reparameterising methods: A / F per channel, probabilities from ``probs(bits)``, other
-    activations and the weights (per channel, asymmetric) by percentile search."""
+    activations and the weights (per channel, asymmetric) by percentile search; no range is widened to contain 0."""
     act = uniform_at(rules, "x.mlp.fc1.input_quantizer")
     prob = uniform_at(rules, "x.attn.probs_quantizer")
-    rules = with_activation_range(rules, "percentile")
-    rules = map_weight_specs(
-        rules, lambda w: replace(w, symmetric=False, range="percentile", percentiles=weight_percentiles)
-    )
+    rules = map_activation_specs(rules, lambda a: replace(a, range="percentile", include_zero=False))
+    rules = map_weight_specs(rules, lambda w: replace(
+        w, symmetric=False, range="percentile", percentiles=weight_percentiles, include_zero=False))
     specs: dict[str, QuantSpec] = {}
     if act is not None:
-        specs.update({p: replace(act, granularity="channel", range="percentile") for p in POST_LN_SITES})
+        post_ln = replace(act, granularity="channel", range="percentile", include_zero=False)
+        specs.update({p: post_ln for p in POST_LN_SITES})
     if prob is not None:
         specs[PROBS_SITE] = probs(prob.bits)
     return prepend(rules, specs)
@@ -123,7 +128,8 @@ class RepQ(Method):
         self.round_zero_point = round_zero_point
 
     def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
-        return reparam_rules(rules, lambda bits: Log2(bits=bits, sqrt2=True), REPQ_WEIGHT_PERCENTILES)
+        probs = lambda bits: Log2(bits=bits, sqrt2=True, percentiles=REPQ_PROB_PERCENTILES)  # noqa: E731
+        return reparam_rules(rules, probs, REPQ_WEIGHT_PERCENTILES)
 
     def refine(self, pipe: Any, model: nn.Module, calib: CalibSet) -> None:
         reparameterize_all(model, mean_target, self.round_zero_point)

@@ -27,7 +27,7 @@ def spec_at(rules: Iterable[Rule], site: str) -> QuantSpec | None:
 def uniform_at(rules: Iterable[Rule], site: str) -> Uniform | None:
     """``spec_at`` when it is a static uniform spec, else None (the site is float or already specialised)."""
     spec = spec_at(rules, site)
-    return spec if isinstance(spec, Uniform) and spec.granularity != "token" else None
+    return spec if isinstance(spec, Uniform) and not spec.dynamic else None
 
 
 def prepend(rules: Iterable[Rule], specs: Mapping[str, QuantSpec]) -> tuple[Rule, ...]:

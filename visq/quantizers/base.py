@@ -48,10 +48,16 @@ class QuantSpec:
         if kind not in SPECS:
             raise ValueError(f"unknown quantizer type {kind!r}; known: {sorted(SPECS)}")
         cls = SPECS[kind]
+        data = cls.upgrade(data)
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{kind} spec has unknown fields {sorted(unknown)}")
         return cls(**{k: _field_from_json(v) for k, v in data.items()})
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The fields of ``data`` written by an older visq, brought to this version (default: unchanged)."""
+        return data
 
     def short(self) -> str:
         """One-line human description used by ``summary``."""
@@ -83,6 +89,7 @@ class SiteShape:
         channels: size of the channel axis (weights: output channels; activations: feature channels).
         axis: the channel axis of the tensor (weights 0; linear inputs -1; conv inputs 1).
         timesteps: the denoiser timesteps a temporal quantizer keeps one state for.
+        kernel: spatial elements per input channel of a weight (kh * kw for a Conv2d, 1 otherwise).
     """
 
     role: str
@@ -90,6 +97,7 @@ class SiteShape:
     axis: int
     numel_per_channel: int = 1
     timesteps: tuple[float, ...] = ()
+    kernel: int = 1
 
 
 class Quantizer(nn.Module):

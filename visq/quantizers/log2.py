@@ -69,7 +69,7 @@ class Log2Quantizer(SearchedQuantizer):
         return log_quantize(x, self.scale, self.spec.bits, self.spec.sqrt2)
 
     def search(self, values: Tensor, lo: Tensor, hi: Tensor) -> None:
-        scales = [(hi if p >= 1.0 else torch.quantile(values, p)).clamp_min(TINY) for p in self.spec.percentiles]
+        scales = [(hi if p >= 1.0 else self.quantile(p)).clamp_min(TINY) for p in self.spec.percentiles]
         spec = self.spec
         self.scale.copy_(lowest_error(values, scales, lambda s: log_quantize(values, s, spec.bits, spec.sqrt2)))
 

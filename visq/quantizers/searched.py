@@ -1,7 +1,9 @@
 """Shared machinery of the per-tensor quantizers whose parameters come from a search over observed values.
 
-``SearchedQuantizer`` keeps, while observing, the exact running minimum and maximum plus a bounded random sample
-of the values (post-softmax tensors hold millions of entries per batch), and hands them to ``search`` on ``fit``.
+``SearchedQuantizer`` keeps, while observing, the exact running minimum and maximum plus the observed values
+(``ObservedValues``: all of them up to its capacity, so quantiles and errors are those of the whole calibration
+set, then a uniform sample with exact tails; post-softmax tensors hold millions of entries per batch), and hands
+them to ``search`` on ``fit``.
 Subclasses (log2, shift-uniform-log2, tangent, twin-uniform) store the result in buffers made in ``__init__``.
 These quantizers are per tensor and static; they keep no per-timestep state.
 """
@@ -15,9 +17,9 @@ import torch
 from torch import Tensor
 
 from visq.quantizers.base import Quantizer, QuantSpec, SiteShape
+from visq.quantizers.observed import ObservedValues
 
 T = TypeVar("T")
-SAMPLES_PER_CALL = 16384
 TINY = 1e-12
 
 
@@ -28,16 +30,6 @@ def ste(x: Tensor, x_hat: Tensor) -> Tensor:
     the result has ``x``'s dtype whatever the buffers' dtype.
     """
     return x_hat.detach().to(x.dtype) + (x - x.detach())
-
-
-def bounded_sample(x: Tensor, limit: int, seed: int) -> Tensor:
-    """At most ``limit`` values of ``x`` (flattened, float), a seeded random subset when there are more."""
-    flat = x.detach().float().reshape(-1)
-    if flat.numel() <= limit:
-        return flat
-    gen = torch.Generator().manual_seed(seed)
-    # randint instead of randperm: a permutation of millions of indices per call is the slow part
-    return flat[torch.randint(flat.numel(), (limit,), generator=gen).to(flat.device)]
 
 
 def mse(a: Tensor, b: Tensor) -> float:
@@ -62,28 +54,34 @@ class SearchedQuantizer(Quantizer):
         super().__init__(spec, site)
         if site.timesteps:
             raise ValueError(f"{type(spec).__name__} has no per-timestep state; use it on non-temporal sites")
-        self._samples: list[Tensor] = []
+        self._observed: ObservedValues | None = None
         self._lo: Tensor | None = None
         self._hi: Tensor | None = None
 
     def observe(self, x: Tensor) -> None:
-        """Track the exact range and keep a bounded sample of ``x``."""
+        """Track the exact range and the observed values of ``x``."""
         x = x.detach().float()
         lo, hi = x.min(), x.max()
         self._lo = lo if self._lo is None else torch.minimum(self._lo, lo)
         self._hi = hi if self._hi is None else torch.maximum(self._hi, hi)
-        self._samples.append(bounded_sample(x, SAMPLES_PER_CALL, seed=len(self._samples)))
+        if self._observed is None:
+            self._observed = ObservedValues(1)
+        self._observed.add(x.reshape(1, -1))
 
     def fit(self) -> None:
         """Run the subclass search on what was observed; raises if nothing was."""
-        if not self._samples:
+        if self._observed is None:
             raise RuntimeError(
                 f"{type(self).__name__} saw no calibration data: the calibration run never reached this quantizer"
             )
         with torch.no_grad():
-            self.search(torch.cat(self._samples), self._lo, self._hi)
-        self._samples, self._lo, self._hi = [], None, None
+            self.search(self._observed.values[0], self._lo, self._hi)
+        self._observed, self._lo, self._hi = None, None, None
+
+    def quantile(self, p: float) -> Tensor:
+        """The ``p`` quantile of everything observed (valid inside ``search``)."""
+        return self._observed.quantile(p)[0]
 
     def search(self, values: Tensor, lo: Tensor, hi: Tensor) -> None:  # pragma: no cover - interface
-        """Set the buffers from a sample of ``values`` and the exact observed range [lo, hi]."""
+        """Set the buffers from the observed ``values`` (all, or a uniform sample) and the exact range [lo, hi]."""
         raise NotImplementedError

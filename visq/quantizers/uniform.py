@@ -2,28 +2,42 @@
 
 Equations (research/vit_methods.md 1.1):
     q = clamp(round(x / s) + z, qmin, qmax),   x_hat = (q - z) * s
-    asymmetric: s = (u - l) / (2^b - 1), z = round(-l / s), q in [0, 2^b - 1]   (l <= 0 <= u, so 0 is exact)
+    asymmetric: s = (u - l) / (2^b - 1), z = round(-l / s), q in [0, 2^b - 1]
     symmetric:  s = max(|l|, |u|) / (2^(b-1) - 1), z = 0, q in [-2^(b-1), 2^(b-1) - 1]
+``include_zero`` (the default) widens an asymmetric range to contain 0 (l <= 0 <= u), so 0 is exact and z lies on
+the grid. Without it the searched [l, u] is used as is, as the official RepQ-ViT / I&S-ViT quantizers do: an
+all-positive channel such as [16.6, 39.9] then gets the step (u - l) / (2^b - 1), and z = round(-l / s) may fall
+outside [qmin, qmax] (it is not clamped; only the codes are).
 Range rules for (l, u): ``minmax``; ``percentile`` picks, per row, the candidate percentile with the lowest
 quantization MSE (RepQ-ViT / I&S-ViT ``quant/quantizer.py``); ``mse`` shrinks the min-max range by
-alpha in {1.0, 0.99, ..., 0.11} and keeps the lowest MSE per row (FQ-ViT's OMSE grid).
-``token`` granularity is dynamic: ranges are taken per token at run time, so it has no calibrated state.
+alpha in {1.0, 0.99, ..., 0.11} and keeps the lowest MSE per row (FQ-ViT's OMSE grid; on weights, the clipping
+search of the PTQ literature). Quantiles and errors are computed on ``ObservedValues`` (exact for calibration sets
+up to its capacity, exact tails beyond).
+``dynamic`` specs (granularity "token" or "tensor") take the min / max of each token (or of the whole tensor) at
+run time and keep no calibrated state (torchao's dynamic activation scheme; ``symmetric=True`` gives its
+absmax / 127 form).
+Weight groups (granularity "group") hold ``group_size`` consecutive input elements of one output channel; for a
+convolution weight (out, in, kh, kw) a group is ``group_size`` input channels at one kernel position (the K
+order of a channels-last im2col), so ``group_size`` must divide ``in``. ``flat_groups`` keeps the layout of
+visq <= 0.1 (groups of consecutive elements of the flattened (in, kh, kw) kernel); quant.json files written
+before the option existed load with it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from visq.quantizers.base import Quantizer, QuantSpec, SiteShape, register, round_ste
+from visq.quantizers.observed import ObservedValues
 
 GRANULARITIES = ("tensor", "channel", "token", "group")
 RANGES = ("minmax", "percentile", "mse")
-_MAX_SAMPLES_PER_ROW = 8192
 _EPS = 1e-8
+MSE_ALPHAS = torch.linspace(1.0, 0.11, 90).tolist()  # shrink factors of the "mse" rule
 
 
 @dataclass(frozen=True)
@@ -33,11 +47,14 @@ class Uniform(QuantSpec):
     Attributes:
         bits: bit width, 1-16.
         symmetric: signed grid with zero point 0, else unsigned grid with an integer zero point.
-        granularity: one scale per "tensor", per "channel", per "token" (dynamic) or per "group" of weights.
+        granularity: one scale per "tensor", per "channel", per "token" (dynamic only) or per "group" of weights.
         group_size: elements per group along the input dimension (granularity "group" only).
-        range: how the clipping range is chosen: "minmax", "percentile" or "mse".
+        range: how a static clipping range is chosen: "minmax", "percentile" or "mse".
         percentiles: candidates tried by the "percentile" rule.
         per_timestep: keep one range per denoiser timestep (diffusion activations).
+        include_zero: widen asymmetric ranges to contain 0 (False: use the searched range as is, RepQ-ViT style).
+        dynamic: ranges from each input at run time (per "token" or per "tensor"); nothing is calibrated.
+        flat_groups: legacy convolution weight groups over the flattened kernel (see the module doc).
     """
 
     kind: ClassVar[str] = "uniform"
@@ -48,6 +65,9 @@ class Uniform(QuantSpec):
     range: str = "minmax"
     percentiles: tuple[float, ...] = (0.999, 0.9999, 0.99999)
     per_timestep: bool = False
+    include_zero: bool = True
+    dynamic: bool = False
+    flat_groups: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 16:
@@ -58,8 +78,28 @@ class Uniform(QuantSpec):
             raise ValueError(f"range must be one of {RANGES}, got {self.range!r}")
         if (self.granularity == "group") != (self.group_size > 0):
             raise ValueError("group_size > 0 goes with granularity='group' and only with it")
-        if self.granularity == "token" and self.per_timestep:
-            raise ValueError("per-token ranges are dynamic; per_timestep does not apply")
+        if self.granularity == "token" and not self.dynamic:
+            raise ValueError(
+                "per-token ranges are only known at run time: use Uniform(dynamic=True, granularity='token')"
+            )
+        if self.dynamic:
+            self._check_dynamic()
+
+    def _check_dynamic(self) -> None:
+        if self.granularity not in ("token", "tensor"):
+            raise ValueError(f"dynamic ranges are per 'token' or per 'tensor', not per {self.granularity!r}")
+        if self.per_timestep:
+            raise ValueError("dynamic ranges are taken at run time; per_timestep does not apply")
+        if self.range != "minmax":
+            raise ValueError(f"dynamic ranges are the run-time min / max; range={self.range!r} does not apply")
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Fields of a spec written before ``dynamic`` existed: per-token meant dynamic, conv groups were flat."""
+        if "dynamic" in data:
+            return data
+        granularity = data.get("granularity")
+        return {**data, "dynamic": granularity == "token", "flat_groups": granularity == "group"}
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -72,8 +112,12 @@ class Uniform(QuantSpec):
         parts = [f"int{self.bits}", "sym" if self.symmetric else "asym", self.granularity]
         if self.group_size:
             parts[-1] = f"group{self.group_size}"
-        if self.granularity != "token":
+        if self.dynamic:
+            parts.append("dynamic")
+        else:
             parts.append(self.range)
+        if not self.include_zero and not self.symmetric:
+            parts.append("free-range")
         if self.per_timestep:
             parts.append("per-timestep")
         return " ".join(parts)
@@ -94,10 +138,19 @@ def range_to_params(lo: Tensor, hi: Tensor, spec: Uniform) -> tuple[Tensor, Tens
     if spec.symmetric:
         amax = torch.maximum(-lo, hi).clamp_min(_EPS)
         return amax / qmax, torch.zeros_like(amax)
-    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    if spec.include_zero:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     scale = (hi - lo).clamp_min(_EPS) / (qmax - qmin)
-    zero = torch.clamp(torch.round(-lo / scale), qmin, qmax)
+    zero = torch.round(-lo / scale)  # on the grid when 0 is in range; free otherwise (official RepQ / I&S code)
     return scale, zero
+
+
+def params_to_range(scale: Tensor, zero: Tensor, spec: Uniform) -> tuple[Tensor, Tensor]:
+    """The range [lo, hi] that ``range_to_params`` maps back onto (scale, zero): the grid's represented span."""
+    qmin, qmax = spec.qrange
+    if spec.symmetric:
+        return -qmax * scale, qmax * scale
+    return (qmin - zero) * scale, (qmax - zero) * scale
 
 
 @register(Uniform)
@@ -116,18 +169,36 @@ class UniformQuantizer(Quantizer):
 
     def _num_rows(self) -> int:
         spec, site = self.spec, self.site
+        if spec.dynamic:
+            return 0
         if spec.granularity == "channel":
             return site.channels
         if spec.granularity == "group":
-            if site.role != "weight":
-                raise ValueError("group granularity applies to weights only")
-            if site.numel_per_channel % spec.group_size:
+            return site.channels * (site.numel_per_channel // self._check_groups())
+        return 1
+
+    def _check_groups(self) -> int:
+        spec, site = self.spec, self.site
+        if site.role != "weight":
+            raise ValueError("group granularity applies to weights only")
+        if self._conv_groups():
+            inputs = site.numel_per_channel // site.kernel
+            if inputs % spec.group_size:
                 raise ValueError(
-                    f"group_size {spec.group_size} does not divide the {site.numel_per_channel} input elements "
-                    "per output channel; pick a divisor or use per-channel weights"
+                    f"group_size {spec.group_size} does not divide the {inputs} input channels of this convolution "
+                    "(groups run along input channels at each kernel position); pick a divisor or use per-channel "
+                    "weights"
                 )
-            return site.channels * (site.numel_per_channel // spec.group_size)
-        return 1 if spec.granularity == "tensor" else 0
+        elif site.numel_per_channel % spec.group_size:
+            raise ValueError(
+                f"group_size {spec.group_size} does not divide the {site.numel_per_channel} input elements "
+                "per output channel; pick a divisor or use per-channel weights"
+            )
+        return spec.group_size
+
+    def _conv_groups(self) -> bool:
+        """Whether groups run along the input channels of a convolution kernel (not the flattened kernel)."""
+        return self.site.kernel > 1 and not self.spec.flat_groups
 
     # -- views -------------------------------------------------------------------------------------------------
     def _rows(self, x: Tensor) -> Tensor:
@@ -136,6 +207,8 @@ class UniformQuantizer(Quantizer):
         if g == "tensor":
             return x.reshape(1, -1)
         if g == "group":
+            if self._conv_groups():  # (out, in, kh, kw) -> (out, kh, kw, in): groups of input channels
+                x = x.permute(0, *range(2, x.ndim), 1)
             return x.reshape(-1, self.spec.group_size)
         axis = self.site.axis % x.ndim
         if x.shape[axis] != self.site.channels:
@@ -152,41 +225,44 @@ class UniformQuantizer(Quantizer):
     def forward(self, x: Tensor) -> Tensor:
         qmin, qmax = self.spec.qrange
         g = self.spec.granularity
-        if g == "token":
-            lo = x.amin(dim=-1, keepdim=True).detach()
-            hi = x.amax(dim=-1, keepdim=True).detach()
+        if self.spec.dynamic:
+            dims = -1 if g == "token" else tuple(range(x.ndim))
+            lo = x.detach().amin(dim=dims, keepdim=True)
+            hi = x.detach().amax(dim=dims, keepdim=True)
             return fake_quantize(x, *range_to_params(lo, hi, self.spec), qmin, qmax)
         scale, zero = self._current()
         if g == "tensor":
             return fake_quantize(x, scale.reshape(()), zero.reshape(()), qmin, qmax)
         if g == "group":
-            rows = x.reshape(-1, self.spec.group_size)
-            return fake_quantize(rows, scale[:, None], zero[:, None], qmin, qmax).reshape(x.shape)
+            rows = self._rows(x)
+            y = fake_quantize(rows, scale[:, None], zero[:, None], qmin, qmax)
+            if not self._conv_groups():
+                return y.reshape(x.shape)
+            permuted = (x.shape[0], *x.shape[2:], x.shape[1])
+            return y.reshape(permuted).permute(0, x.ndim - 1, *range(1, x.ndim - 1))
         shape = [1] * x.ndim
         shape[self.site.axis % x.ndim] = self.site.channels
         return fake_quantize(x, scale.reshape(shape), zero.reshape(shape), qmin, qmax)
 
     # -- calibration -------------------------------------------------------------------------------------------
     def observe(self, x: Tensor) -> None:
-        """Accumulate the running range (and a bounded sample for percentile / MSE search)."""
-        if self.spec.granularity == "token":
+        """Accumulate the exact running range (and the observed values for percentile / MSE search)."""
+        if self.spec.dynamic:
             return
         rows = self._rows(x.detach().float())
         slot = self.slot() if self.spec.per_timestep else 0
-        stats = self._stats.setdefault(slot, {"lo": None, "hi": None, "samples": []})
+        stats = self._stats.setdefault(slot, {"lo": None, "hi": None, "values": None})
         lo, hi = rows.amin(dim=1), rows.amax(dim=1)
         stats["lo"] = lo if stats["lo"] is None else torch.minimum(stats["lo"], lo)
         stats["hi"] = hi if stats["hi"] is None else torch.maximum(stats["hi"], hi)
         if self.spec.range != "minmax":
-            if rows.shape[1] > _MAX_SAMPLES_PER_ROW:
-                gen = torch.Generator().manual_seed(len(stats["samples"]))
-                cols = torch.randperm(rows.shape[1], generator=gen)[:_MAX_SAMPLES_PER_ROW]
-                rows = rows[:, cols.to(rows.device)]
-            stats["samples"].append(rows)
+            if stats["values"] is None:
+                stats["values"] = ObservedValues(rows.shape[0], seed=slot)
+            stats["values"].add(rows)
 
     def fit(self) -> None:
         """Turn observed statistics into ``scale`` / ``zero_point``; raises if nothing was observed."""
-        if self.spec.granularity == "token":
+        if self.spec.dynamic:
             return
         expected = len(self.site.timesteps) if self.spec.per_timestep else 1
         missing = expected - len(self._stats)
@@ -207,15 +283,12 @@ class UniformQuantizer(Quantizer):
         lo, hi = stats["lo"], stats["hi"]
         if self.spec.range == "minmax":
             return range_to_params(lo, hi, self.spec)
-        samples = torch.cat(stats["samples"], dim=1)
+        observed: ObservedValues = stats["values"]
         if self.spec.range == "percentile":
-            candidates = [
-                (torch.quantile(samples, 1 - p, dim=1), torch.quantile(samples, p, dim=1))
-                for p in self.spec.percentiles
-            ]
+            candidates = [(observed.quantile(1 - p), observed.quantile(p)) for p in self.spec.percentiles]
         else:
-            candidates = [(lo * a, hi * a) for a in torch.linspace(1.0, 0.11, 90).tolist()]
-        return self._lowest_error(samples, candidates)
+            candidates = [(lo * a, hi * a) for a in MSE_ALPHAS]
+        return self._lowest_error(observed.values, candidates)
 
     def _lowest_error(self, samples: Tensor, candidates: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """Per row, the (scale, zero) of the candidate range with the lowest quantization MSE."""
