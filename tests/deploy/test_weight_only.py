@@ -1,0 +1,65 @@
+"""Weight-only export: packed 4-bit storage (round trip, size on disk), kernels against the fake-quant forward."""
+
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import visq
+from tests.deploy.conftest import fake_and_exported
+from visq.deploy.weight_only import Int4Linear, Int8WeightLinear
+from visq.kernels import int4
+
+
+def _mlp(width: int = 256) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width)).eval()
+
+
+@pytest.mark.parametrize("k", [6, 7])
+def test_pack_unpack_round_trip(k):
+    codes = torch.randint(-8, 8, (5, k), generator=torch.Generator().manual_seed(k))
+    packed = int4.pack(codes)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, (k + 1) // 2)
+    assert torch.equal(int4.unpack(packed, k), codes.to(torch.int8))
+    assert int(packed[0, 0]) == (int(codes[0, 0]) + 8) | (int(codes[0, 1]) + 8) << 4  # element 2j: low nibble
+    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
+        int4.pack(torch.tensor([[8, 0]]))
+
+
+@pytest.mark.parametrize("recipe", ["w4a16", "w4a16-g32", "w3a16-g64"])
+def test_int4_dequant_path_bit_equal_and_tinygemm_close(recipe):
+    x = torch.randn(32, 256)
+    ref, out = fake_and_exported(visq.quantize(_mlp(), recipe, calib=x, progress=False))
+    assert isinstance(out[0], Int4Linear)
+    y = torch.randn(9, 256)
+    with torch.no_grad():
+        assert torch.equal(out(y), ref(y))  # fp32 activations: unpack + F.linear, the fake-quant arithmetic
+        expected = ref.to(torch.bfloat16)(y.bfloat16()).float()
+        got = out.to(torch.bfloat16)(y.bfloat16()).float()
+    assert out[0].tinygemm and out[0].kernel_weight is not None  # bf16 activations ran tinygemm
+    assert (got - expected).abs().max() <= 0.02 * expected.abs().max()  # bf16 scales: close, not equal
+
+
+def test_int4_checkpoint_is_an_eighth_of_fp32(tmp_path):
+    x = torch.randn(32, 256)
+    float_model = _mlp()
+    save_file({k: v.contiguous() for k, v in float_model.state_dict().items()}, tmp_path / "fp32.safetensors")
+    model = visq.export(visq.quantize(_mlp(), "w4a16-g128", calib=x, progress=False))
+    visq.save(model, tmp_path / "q")
+    ratio = os.path.getsize(tmp_path / "q" / "model.safetensors") / os.path.getsize(tmp_path / "fp32.safetensors")
+    assert 0.12 < ratio < 0.14  # 4 bits a weight, one fp32 scale per 128 weights, fp32 biases
+    assert "kernel_weight" not in str(model.state_dict().keys())  # tinygemm's layout is rebuilt, not saved
+
+
+def test_int8_weight_only_matches_fake_quant():
+    x = torch.randn(32, 256)
+    ref, out = fake_and_exported(visq.quantize(_mlp(), "w8a16", calib=x, progress=False))
+    assert isinstance(out[0], Int8WeightLinear)
+    y = torch.randn(9, 256)
+    with torch.no_grad():
+        expected, got = ref(y), out(y)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert "int8 weight-only (_weight_int8pack_mm)" in visq.summary(out)
