@@ -7,6 +7,7 @@ architecture, installs them, then loads the state dict strictly: no pickle, and 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from visq.quantizers import QuantSpec
 from visq.recipes import Recipe, Rule
 
 FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -41,7 +43,30 @@ def save(obj: Any, folder: str | Path) -> Path:
     if getattr(model, "visq_export", None) is not None:
         meta["export"] = model.visq_export.to_dict()  # load rebuilds these layers before reading their buffers
     (folder / "quant.json").write_text(json.dumps(meta, indent=1))
+    _save_scheduler(obj, folder)
     return folder
+
+
+def _save_scheduler(obj: Any, folder: Path) -> None:
+    """A tuned Q-Sched scheduler (``visq.qsched``) travels with the quantized model, under ``scheduler/``."""
+    config = folder / "scheduler" / "scheduler_config.json"
+    scheduler = getattr(obj, "scheduler", None)
+    if type(scheduler).__name__ == "QSchedScheduler":
+        scheduler.save_pretrained(folder / "scheduler")
+    elif config.is_file() and json.loads(config.read_text()).get("_class_name") == "QSchedScheduler":
+        config.unlink()  # a stale one from an earlier save into this folder must not come back on load
+
+
+def _load_scheduler(obj: Any, folder: Path) -> None:
+    config = folder / "scheduler" / "scheduler_config.json"
+    if not config.is_file() or json.loads(config.read_text()).get("_class_name") != "QSchedScheduler":
+        return
+    if not hasattr(obj, "scheduler"):
+        logger.warning("%s holds a Q-Sched scheduler; %s has none, so it is not loaded", folder, type(obj).__name__)
+        return
+    from visq.qsched import QSchedScheduler  # imports diffusers, which a pipeline has already loaded
+
+    obj.scheduler = QSchedScheduler.from_pretrained(folder / "scheduler")
 
 
 def _unshare(tensors: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +96,7 @@ def load(obj: T, folder: str | Path) -> T:
     saved_cls = meta["model"].get("class")
     if saved_cls != type(model).__name__:
         raise ValueError(f"{folder} holds a quantized {saved_cls}, but the model passed is a {type(model).__name__}")
+    _prepare(model, Recipe.from_dict(meta["recipe"]))
     specs = {site: QuantSpec.from_dict(spec) for site, spec in meta["sites"].items()}
     _check_sites(model, specs, folder)
     exact = Recipe(tuple(Rule(site, spec) for site, spec in specs.items()), keep_host_defaults=False)
@@ -85,11 +111,20 @@ def load(obj: T, folder: str | Path) -> T:
             rebuild(model, meta["export"])
         _load_state(model, folder / "model.safetensors")
         host.activate(obj, model)
+        _load_scheduler(obj, folder)
     except BaseException:
         undo()
         raise
     model.visq_state = QuantState(Recipe.from_dict(meta["recipe"]), plan, host.name, timesteps)
     return obj
+
+
+def _prepare(model: Any, recipe: Recipe) -> None:
+    """Repeat the method's structural rewrite (e.g. OFQ's QKR attention) so the saved sites exist again."""
+    from visq import methods
+
+    if recipe.method in methods.METHODS:
+        methods.get(recipe.method, **recipe.method_kwargs).prepare(model)
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
