@@ -131,8 +131,12 @@ def _templates() -> torch.Tensor:
     return torch.stack(out)[:, None]
 
 
-def _place(kind: np.ndarray, cx: np.ndarray, cy: np.ndarray, rad: np.ndarray, angle: np.ndarray) -> torch.Tensor:
-    """Alpha masks (n, 1, 32, 32): template ``kind`` centred at (cx, cy) px, half-extent ``rad`` px, rotated."""
+def _place(kind: np.ndarray, cx: np.ndarray, cy: np.ndarray, rad: np.ndarray, angle: np.ndarray,
+           templates: torch.Tensor | None = None) -> torch.Tensor:
+    """Alpha masks (n, 1, 32, 32): template ``kind`` centred at (cx, cy) px, half-extent ``rad`` px, rotated.
+
+    ``templates`` defaults to the shapes' and clutter's (:func:`_templates`)."""
+    templates = _templates() if templates is None else templates
     n, res = len(kind), 64
     cos, sin = np.cos(angle), np.sin(angle)
     # affine_grid maps output coords in [-1, 1] to template coords: scale = output half-size / radius
@@ -147,7 +151,7 @@ def _place(kind: np.ndarray, cx: np.ndarray, cy: np.ndarray, rad: np.ndarray, an
     alpha = torch.empty(n, 1, res, res)
     for k in np.unique(kind):  # one expanded (copy-free) template per kind instead of a gathered stack
         idx = torch.from_numpy(np.flatnonzero(kind == k))
-        src = _templates()[int(k)][None].expand(len(idx), 1, _TEMPLATE, _TEMPLATE)
+        src = templates[int(k)][None].expand(len(idx), 1, _TEMPLATE, _TEMPLATE)
         alpha[idx] = F.grid_sample(src, grid[idx], mode="bilinear", padding_mode="zeros", align_corners=False)
     return F.avg_pool2d(alpha, 2)
 
@@ -188,6 +192,16 @@ def generate(n: int, seed: int, split: str = "train", cfg: ShapesConfig = Shapes
             raise ValueError(f"unknown label names {sorted(unknown)}")
         shape, colour, background, position, size = (np.asarray(fixed.get(k, v)) for k, v in (
             ("shape", shape), ("colour", colour), ("background", background), ("position", position), ("size", size)))
+    images = _draw(rng, cfg, shape, colour, background, position, size, _templates())
+    caps = [caption(*t) for t in zip(shape, colour, background, position, size)]
+    as_t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return ShapesBatch(images, caps, as_t(shape), as_t(colour), as_t(background), as_t(position), as_t(size))
+
+
+def _draw(rng: np.random.Generator, cfg: ShapesConfig, shape: np.ndarray, colour: np.ndarray,
+          background: np.ndarray, position: np.ndarray, size: np.ndarray, templates: torch.Tensor) -> torch.Tensor:
+    """uint8 images (n, 3, 32, 32) of the labelled shapes; ``shape`` indexes ``templates``."""
+    n = len(shape)
     lo = np.where(size == 0, _RADIUS[0][0], _RADIUS[1][0])
     hi = np.where(size == 0, _RADIUS[0][1], _RADIUS[1][1])
     rad = rng.uniform(lo, hi)
@@ -196,17 +210,14 @@ def generate(n: int, seed: int, split: str = "train", cfg: ShapesConfig = Shapes
     angle = np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation, n))
 
     img = _rgb(background, rng, cfg.colour_jitter).expand(n, 3, 32, 32)
-    alpha = _place(shape, cx, cy, rad, angle)
+    alpha = _place(shape, cx, cy, rad, angle, templates)
     img = img * (1 - alpha) + _rgb(colour, rng, cfg.colour_jitter) * alpha
     if cfg.clutter > 0:
         img = _add_clutter(img, rng, cfg)
     if cfg.noise > 0:
         noise = torch.from_numpy(rng.standard_normal((n, 3, 32, 32)).astype(np.float32))
         img = img + cfg.noise * noise
-    images = (img.clamp(0, 1) * 255).round().to(torch.uint8)
-    caps = [caption(*t) for t in zip(shape, colour, background, position, size)]
-    as_t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
-    return ShapesBatch(images, caps, as_t(shape), as_t(colour), as_t(background), as_t(position), as_t(size))
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _add_clutter(img: torch.Tensor, rng: np.random.Generator, cfg: ShapesConfig) -> torch.Tensor:
@@ -220,6 +231,64 @@ def _add_clutter(img: torch.Tensor, rng: np.random.Generator, cfg: ShapesConfig)
         alpha = alpha * torch.from_numpy((count > k).astype(np.float32))[:, None, None, None]
         img = img * (1 - alpha) + _rgb(rng.integers(0, len(COLOURS), n), rng, cfg.colour_jitter) * alpha
     return img
+
+
+# Held-out concepts: shapes no zoo model was trained on, for personalization (textual inversion) benchmarks. Their
+# templates live apart from ``_templates()``, so the six shapes' images and random streams are exactly as before.
+NOVEL_SHAPES: tuple[str, ...] = ("heart", "ring")
+
+
+@functools.lru_cache(maxsize=1)
+def _novel_templates() -> torch.Tensor:
+    """Alpha templates (len(NOVEL_SHAPES), 1, 128, 128), drawn like :func:`_templates`."""
+    big, r = _TEMPLATE * 4, 0.95
+    out = []
+    for name in NOVEL_SHAPES:
+        im = Image.new("L", (big, big), 0)
+        d = ImageDraw.Draw(im)
+        if name == "heart":  # the classic parametric heart, scaled to span [-r, r]
+            t = np.linspace(0, 2 * np.pi, 400)
+            x = 16 * np.sin(t) ** 3
+            y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
+            y = y + 2.5  # centre the bounding box vertically (y spans [-17, 12])
+            _polygon(d, list(zip(x * r / 16.5, y * r / 16.5)), big)
+        elif name == "ring":
+            inner = r * 0.55
+            d.ellipse([big * (1 - r) / 2, big * (1 - r) / 2, big * (1 + r) / 2, big * (1 + r) / 2], fill=255)
+            d.ellipse([big * (1 - inner) / 2, big * (1 - inner) / 2, big * (1 + inner) / 2, big * (1 + inner) / 2],
+                      fill=0)
+        im = im.resize((_TEMPLATE, _TEMPLATE), Image.LANCZOS)
+        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0))
+    return torch.stack(out)[:, None]
+
+
+def novel_caption(name: str, colour: int, background: int, position: int, size: int) -> str:
+    """The caption of a held-out concept image, in the grammar of :func:`caption` (``name`` in NOVEL_SHAPES)."""
+    bg = COLOUR_NAMES[background]
+    article = "an" if bg[0] in "aeiou" else "a"
+    return f"a {SIZES[size]} {COLOUR_NAMES[colour]} {name} on {article} {bg} background, {POSITIONS[position]}"
+
+
+def generate_novel(name: str, n: int, seed: int, colour: str, size: str = "large", split: str = "heldout",
+                   cfg: ShapesConfig = ShapesConfig()) -> ShapesBatch:
+    """``n`` images of one held-out concept (a ``colour`` ``size`` ``name``) at random positions and backgrounds.
+
+    Returns a :class:`ShapesBatch` whose ``shape`` labels index :data:`NOVEL_SHAPES`. The random stream is the
+    split's (``SeedSequence([split, seed])``), like :func:`generate`.
+    """
+    if name not in NOVEL_SHAPES or colour not in COLOURS or size not in SIZES:
+        raise ValueError(f"a held-out concept needs a shape in {NOVEL_SHAPES}, a colour in {COLOUR_NAMES} and a size "
+                         f"in {SIZES}; got {name!r}, {colour!r}, {size!r}")
+    rng = _rng(seed, split)
+    shape = np.full(n, NOVEL_SHAPES.index(name))
+    col = np.full(n, COLOUR_NAMES.index(colour))
+    background = (col + rng.integers(1, len(COLOURS), n)) % len(COLOURS)
+    position = rng.integers(0, len(POSITIONS), n)
+    size_idx = np.full(n, SIZES.index(size))
+    images = _draw(rng, cfg, shape, col, background, position, size_idx, _novel_templates())
+    caps = [novel_caption(name, *t) for t in zip(col, background, position, size_idx)]
+    as_t = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
+    return ShapesBatch(images, caps, as_t(shape), as_t(col), as_t(background), as_t(position), as_t(size_idx))
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
