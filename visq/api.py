@@ -13,6 +13,7 @@ from torch import nn
 from visq import hosts, methods, recipes, sites
 from visq.calibrate import fit_weights, observing, run
 from visq.deploy.export import summary_lines
+from visq.methods.base import check_family
 from visq.modules import QUANT_LAYERS
 from visq.recipes import Recipe
 
@@ -62,6 +63,7 @@ def quantize(
     if getattr(model, "visq_state", None) is not None:
         raise ValueError("this model is already quantized; load a fresh float model to quantize again")
     algo = methods.get(recipe.method, **recipe.method_kwargs)
+    check_family(algo, host.family, type(model).__name__)
     options = dict(calib_options or {})
     calib_set = algo.collect(obj, calib, options) or host.collect(obj, calib, options)
     algo.prepare(model)

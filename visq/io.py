@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any, TypeVar
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from visq import hosts, sites
@@ -19,6 +20,8 @@ from visq.quantizers import QuantSpec
 from visq.recipes import Recipe, Rule
 
 FORMAT_VERSION = 1
+_DAMAGED = ("the file is truncated or damaged (an interrupted visq.save or copy). Save the model again with "
+            "visq.save, or copy the whole folder again; the model passed to visq.load was left unchanged.")
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -85,10 +88,12 @@ def load(obj: T, folder: str | Path) -> T:
 
     Raises:
         FileNotFoundError: the folder lacks ``quant.json`` or ``model.safetensors``.
-        ValueError: newer format, different architecture, or a state dict that does not fit.
+        ValueError: a damaged (truncated, corrupted) file, newer format, different architecture, or a state dict
+            that does not fit. Both files are read before the model is touched.
     """
     folder = Path(folder)
     meta = _read_meta(folder)
+    state = _read_state(folder / "model.safetensors")
     host = hosts.detect(obj)
     model = host.target(obj)
     if getattr(model, "visq_state", None) is not None:
@@ -109,7 +114,7 @@ def load(obj: T, folder: str | Path) -> T:
             from visq.deploy.export import rebuild
 
             rebuild(model, meta["export"])
-        _load_state(model, folder / "model.safetensors")
+        _load_state(model, state, folder / "model.safetensors")
         host.activate(obj, model)
         _load_scheduler(obj, folder)
     except BaseException:
@@ -131,7 +136,14 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     for name in ("quant.json", "model.safetensors"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: is {folder} a folder written by visq.save?")
-    meta = json.loads((folder / "quant.json").read_text())
+    path = folder / "quant.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): {_DAMAGED}") from err
+    missing = [k for k in ("model", "recipe", "sites") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: {_DAMAGED}")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(
@@ -152,8 +164,14 @@ def _check_sites(model: Any, specs: dict[str, QuantSpec], folder: Path) -> None:
         )
 
 
-def _load_state(model: Any, path: Path) -> None:
-    state = load_file(path)
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}): {_DAMAGED}") from err
+
+
+def _load_state(model: Any, state: dict[str, Any], path: Path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -17,6 +17,7 @@ class Host:
     which runtime hooks the quantized model needs."""
 
     name = "module"
+    family: str | None = None  # the model family methods declare (Method.family); None: unknown, any method
 
     def target(self, obj: Any) -> nn.Module:
         """The module whose layers get quantized."""

@@ -151,6 +151,7 @@ class DiffusersHost(Host):
     """Diffusion pipelines and bare diffusers denoisers."""
 
     name = "diffusers"
+    family = "diffusion"
 
     def target(self, obj: Any) -> nn.Module:
         model = obj

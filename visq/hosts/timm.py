@@ -101,6 +101,7 @@ class TimmHost(Host):
     """timm models: the classifier itself is the target; patch embedding and head stay float by default."""
 
     name = "timm"
+    family = "vit"
 
     def float_rules(self, model: nn.Module) -> list[FloatRule]:
         return [

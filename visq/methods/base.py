@@ -21,6 +21,7 @@ class Method:
     """Base class: every hook is optional and does nothing by default."""
 
     name = "base"
+    family: str | None = None  # "vit" | "diffusion": the model family it is for; None fits any model
 
     def __init__(self, **kwargs: Any) -> None:
         if kwargs:
@@ -44,6 +45,21 @@ def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to the registry under ``cls.name``."""
     METHODS[cls.name] = cls
     return cls
+
+
+def check_family(method: Method, family: str | None, model_name: str) -> None:
+    """Raise when ``method`` is for another model family than ``family`` (a host's; None = unknown, anything goes).
+
+    Raises:
+        ValueError: naming the methods that fit this family.
+    """
+    if method.family is None or family is None or method.family == family:
+        return
+    fit = sorted(n for n, cls in METHODS.items() if cls.family in (None, family))
+    raise ValueError(
+        f"method {method.name!r} is for {method.family} models, but {model_name} is a {family} model; "
+        f"methods that fit: {', '.join(fit)}"
+    )
 
 
 def get(name: str, **kwargs: Any) -> Method:

@@ -65,6 +65,7 @@ class IaS(Method):
     """
 
     name = "ias"
+    family = "vit"
 
     def __init__(self, iters: int | None = None, batch_size: int = 64, lr: float = 4e-5,
                  round_zero_point: bool = False, seed: int = 0) -> None:

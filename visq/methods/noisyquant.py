@@ -162,6 +162,7 @@ class NoisyQuant(Method):
     """
 
     name = "noisyquant"
+    family = "vit"
 
     def __init__(self, max_rows: int = 4096, seed: int = 0) -> None:
         self.max_rows, self.seed = max_rows, seed

@@ -23,6 +23,7 @@ class PTQ4ViT(Method):
     """Twin-uniform probabilities and post-GELU activations; MSE-searched uniform ranges elsewhere."""
 
     name = "ptq4vit"
+    family = "vit"
 
     def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
         gelu = uniform_at(rules, "x.mlp.fc2.input_quantizer")

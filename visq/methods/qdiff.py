@@ -61,6 +61,8 @@ class ShortcutSplitting(Method):
     """Base of the diffusion methods built on the Q-Diffusion code (spec 0.1: EDA-DM and DGQ split too): shortcut
     splitting of UNet decoder concat inputs when ``split`` (a no-op on models without ``up_blocks``, e.g. DiT)."""
 
+    family = "diffusion"
+
     def __init__(self, split: bool = True) -> None:
         self.split = split
         self.splits: dict[str, tuple[int, int]] = {}

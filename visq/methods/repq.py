@@ -123,6 +123,7 @@ class RepQ(Method):
     """
 
     name = "repq"
+    family = "vit"
 
     def __init__(self, round_zero_point: bool = False) -> None:
         self.round_zero_point = round_zero_point
