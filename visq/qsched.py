@@ -116,7 +116,8 @@ class QSchedScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def set_timesteps(self) -> Callable[..., None]:
-        """The wrapped ``set_timesteps`` (same signature: pipelines inspect it), checking the step count."""
+        """The wrapped ``set_timesteps`` (same signature: pipelines inspect it); warns when the step count differs
+        from the one the coefficients were tuned for."""
         inner = self.base.set_timesteps
 
         @functools.wraps(inner)
@@ -124,10 +125,22 @@ class QSchedScheduler(SchedulerMixin, ConfigMixin):
             inner(*args, **kwargs)
             n, coeff = len(self.base.timesteps), self.config["model_coeff"]
             if coeff is not None and n != len(coeff):
-                raise ValueError(f"this Q-Sched scheduler was tuned for {len(coeff)} steps but is asked for {n}; "
-                                 f"call the pipeline with num_inference_steps={len(coeff)} or tune for {n} steps")
+                log.warning("this Q-Sched scheduler was tuned for %d steps and samples %d: its coefficients are "
+                            "interpolated over the sampler's progress; tune for %d steps to do better",
+                            len(coeff), n, n)
 
         return set_timesteps
+
+    def coefficients(self, steps: int) -> tuple[list[float], list[float]]:
+        """(c_eps, c_x) for ``steps`` steps: the stored ones, or for another step count their linear interpolation
+        over the sampler's progress from 0 to 1 (for the searched ramps, the same ramp over ``steps``) [RECON]."""
+        model, sample = self.config["model_coeff"], self.config["sample_coeff"]
+        if model is None:
+            return [1.0] * steps, [1.0] * steps
+        if len(model) == steps:
+            return list(model), list(sample)
+        where, known = np.linspace(0, 1, steps), np.linspace(0, 1, len(model))
+        return np.interp(where, known, model).tolist(), np.interp(where, known, sample).tolist()
 
     @property
     def step(self) -> Callable[..., Any]:
@@ -139,8 +152,9 @@ class QSchedScheduler(SchedulerMixin, ConfigMixin):
         def step(model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if self.config["model_coeff"] is not None:
                 i = self.step_position(timestep)
-                model_output = model_output * self.config["model_coeff"][i]
-                sample = sample * self.config["sample_coeff"][i]
+                model, sample_coeff = self.coefficients(len(self.base.timesteps))
+                model_output = model_output * model[i]
+                sample = sample * sample_coeff[i]
             return inner(model_output, timestep, sample, *args, **kwargs)
 
         return step
