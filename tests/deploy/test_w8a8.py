@@ -11,7 +11,7 @@ import visq
 from tests.deploy.conftest import assert_codes_within_one_step, fake_and_exported, record_codes
 from visq import Recipe, Rule, Uniform
 from visq.deploy.w8a8 import Int8Linear
-from visq.kernels import int8
+from visq.kernels import int8, onednn
 from visq.testing import tiny_sd, tiny_vit
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -30,6 +30,7 @@ def _mlp() -> nn.Module:
 
 ACTIVATIONS = {
     "static asym": Uniform(bits=8),
+    "static asym int_mm": Uniform(bits=8),
     "static sym": Uniform(bits=8, symmetric=True),
     "static asym 6-bit": Uniform(bits=6),
     "token asym": None,
@@ -45,6 +46,11 @@ def test_layer_within_one_accumulator_step(name):
     x = torch.randn(64, 24) * 3 + 1
     ref, out = fake_and_exported(visq.quantize(_mlp(), recipe, calib=x, progress=False))
     assert isinstance(out[0], Int8Linear) and isinstance(out[2], Int8Linear)
+    eight_bit_static = name.startswith("static") and "6-bit" not in name
+    assert out[0].use_onednn == (onednn.available() and eight_bit_static)
+    if name.endswith("int_mm"):  # the path torch.compile and CUDA take
+        out[0].use_onednn = False
+        out[0].prepare()
     y = torch.randn(5, 7, 24) * 3 + 1  # 3-d input, outside the calibration range (clamped codes)
     with torch.no_grad():
         expected, got = ref[0](y), out[0](y)
@@ -77,7 +83,8 @@ def test_sd_unet_per_timestep_codes_within_one_step():
     assert_codes_within_one_step(seen_ref, seen_out)
     assert abs(a - b).max() < 2e-3
     text = visq.summary(out)
-    assert "int8 _int_mm W8A8 (static per-tensor act" in text
+    kernel = "oneDNN qlinear" if onednn.available() else "_int_mm"
+    assert f"int8 {kernel} W8A8 (static per-tensor act" in text
     assert "conv_in" not in text.split("fake-quant layers")[1]  # a float layer is not listed as fake-quant
     assert "convolution: no int8 conv kernel exported, runs fake-quant" in text
 

@@ -2,8 +2,12 @@
 
 Activations use the layer's calibrated ``UniformQuantizer`` (kept as the ``input_quantizer`` child, so per-timestep
 scales and ``visq.set_timestep`` work unchanged): static per tensor, or dynamic per token. Weights are stored
-transposed, (in_features, out_features) int8, the layout the CPU GEMM reads fastest. See ``visq.kernels.int8``
-for the arithmetic, including the exact zero-point correction.
+transposed, (in_features, out_features) int8, the layout ``torch._int_mm`` reads fastest on CPU.
+
+Kernels: 8-bit static activations in eager mode on CPU run oneDNN's fused quantized linear
+(``visq.kernels.onednn``: zero point, rescale and bias inside the GEMM). Everything else (per-token activations,
+fewer bits, CUDA, and any forward traced by ``torch.compile``, where inductor fuses the elementwise work) runs
+``torch._int_mm`` with the arithmetic of ``visq.kernels.int8``, including the exact zero-point correction.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from visq.kernels import int8
+from visq.kernels import int8, onednn
 from visq.quantizers.uniform import UniformQuantizer
 
 
@@ -27,6 +31,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_sum", torch.zeros(out_features, dtype=torch.int32))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.input_quantizer = input_quantizer
+        spec = input_quantizer.spec
+        self.use_onednn = onednn.available() and spec.bits == 8 and spec.granularity == "tensor"
+        self.onednn_weight: onednn.PackedWeight | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: module.prepare())
 
     @classmethod
     def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None, input_quantizer: UniformQuantizer):
@@ -38,13 +46,21 @@ class Int8Linear(nn.Module):
         new.weight_sum.copy_(codes.to(torch.int32).sum(dim=1))
         if bias is not None:
             new.bias.copy_(bias.detach())
+        new.prepare()
         return new
+
+    def prepare(self) -> None:
+        """(Re)pack the weight for oneDNN (after loading or moving the int8 weight)."""
+        cpu = self.qweight.device.type == "cpu"
+        self.onednn_weight = onednn.PackedWeight(self.qweight.t()) if self.use_onednn and cpu else None
 
     @property
     def kernel(self) -> str:
         """What ``summary`` prints for this layer."""
         spec = self.input_quantizer.spec
         act = "dynamic per-token" if spec.granularity == "token" else "static per-tensor"
+        if self.use_onednn:
+            return f"int8 oneDNN qlinear W8A8 ({act} act; torch._int_mm when compiled or on CUDA)"
         zp = "symmetric" if spec.symmetric else "zero point via row-sum correction"
         return f"int8 _int_mm W8A8 ({act} act, {zp})"
 
@@ -54,9 +70,19 @@ class Int8Linear(nn.Module):
             return int8.linear_dynamic(x, self.qweight, self.weight_scale, self.weight_sum.float(), self.bias, spec)
         scale, zero = self.input_quantizer._current()  # the calibrated (per-timestep) scale and zero point
         scale, zero = scale.reshape(()), zero.reshape(())  # 0-dim, as the fake quantizer divides by it
+        if self.onednn_weight is not None and not x.is_cuda and not torch.compiler.is_compiling():
+            u8_zero = int(zero) + (128 if spec.symmetric else 0)  # a signed grid shifted onto uint8
+            if 0 <= u8_zero <= 255:
+                return self._onednn_forward(x, scale, u8_zero)
         codes = int8.quantize_static(x, scale, zero, spec)
         out_scale, out_shift = self._epilogue(scale, zero, int8.act_offset(spec))
         return int8.linear_static(x, self.qweight, out_scale, out_shift, codes)
+
+    def _onednn_forward(self, x: Tensor, scale: Tensor, zero: int) -> Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        y = onednn.linear(onednn.quantize_u8(x2, scale, zero), float(scale), zero, self.onednn_weight,
+                          self.weight_scale, self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _epilogue(self, scale: Tensor, zero: Tensor, offset: int) -> tuple[Tensor, Tensor]:
         # The correction is an exact integer; fold it into the shift in float64 so large K loses no accumulator step.
