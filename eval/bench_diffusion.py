@@ -25,19 +25,19 @@ OUT = Path(__file__).parent / "results" / "diffusion_ptq.md"
 
 @dataclass(frozen=True)
 class Config:
-    models: tuple[str, ...] = ("shapes-sd", "shapes-dit")
+    models: tuple[str, ...] = ("shapes-sd", "shapes-dit")  # zoo pipelines to benchmark
     # method[:key=value...]; the last row is DGQ without its log2 attention-probability quantizer (an ablation)
     methods: tuple[str, ...] = ("minmax", "qdiff", "temporal", "eda", "dgq", "dgq:log_probs=false")
-    bits: tuple[str, ...] = ("w8a8", "w4a8", "w4a4")
-    prompts: int = 32
-    per_prompt: int = 2
-    dit_per_class: int = 12
-    calib_prompts: int = 32
+    bits: tuple[str, ...] = ("w8a8", "w4a8", "w4a4")  # recipes, one table column each
+    prompts: int = 32  # held-out captions (shapes-sd)
+    per_prompt: int = 2  # images per caption
+    dit_per_class: int = 12  # images per class (shapes-dit)
+    calib_prompts: int = 32  # training captions that calibrate (shapes-sd)
     steps: int = 20
     guidance: float = 4.0
     seed: int = 0
-    reference_n: int = 1000
-    inception: bool = True
+    reference_n: int = 1000  # real held-out images the FIDs compare against
+    inception: bool = True  # also the standard Inception FID (slower)
     out: str = "runs/bench_diffusion"
 
 

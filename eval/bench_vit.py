@@ -188,13 +188,13 @@ def main(cfg: Config = Config(), command: str = "python -m eval.bench_vit") -> d
 
 def _parse(argv: list[str]) -> Config:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--bits", nargs="+", default=list(BITS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--eval-n", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="eval/results/vit_ptq.md")
-    p.add_argument("--model-dir", default="")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods, one row each")
+    p.add_argument("--bits", nargs="+", default=list(BITS), help="recipes, one column each")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="calibration seeds (mean and spread)")
+    p.add_argument("--eval-n", type=int, default=1000, help="held-out images for top-1")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", default="eval/results/vit_ptq.md", help="results table (a cache sits next to it)")
+    p.add_argument("--model-dir", default="", help="ViT weights folder (default: the shipped shapes-vit)")
     a = p.parse_args(argv)
     return Config(tuple(a.methods), tuple(a.bits), tuple(a.seeds), a.eval_n, a.threads, a.out, a.model_dir)
 

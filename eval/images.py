@@ -225,6 +225,25 @@ def _check_run_file(out: Path, spec: RunSpec) -> None:
         path.write_text(json.dumps(wanted, indent=1))  # adding or dropping configurations is fine
 
 
+def check_spec(spec: RunSpec) -> tuple[list, list | None]:
+    """Validate a run before anything is loaded or generated; returns its parsed configurations and calibration data.
+
+    Calibration data: ``spec.calib``; for class-conditional runs the class ids (labels, not images: the calibration
+    runs draw their own seeds). Prompts are never borrowed from the evaluation set.
+    """
+    from eval import pipes
+
+    configs = [pipes.QuantConfig.parse(t) for t in spec.configs]
+    pipes.check_model(spec.model)
+    pipes.validate(configs)
+    if spec.calib is not None or spec.classes is not None:
+        return configs, spec.calib if spec.calib is not None else spec.classes
+    if any(c.recipe is not None for c in configs):
+        raise ValueError("quantized configurations need calibration prompts other than the evaluation prompts: "
+                         "pass --calib <prompt file> (for the zoo shapes-sd: eval/prompts/shapes_train.txt)")
+    return configs, None
+
+
 def run(
     spec: RunSpec, out: str | Path, scorers: Scorers, *, fidelity_ref: str | None = "float",
     max_images: int | None = None, on_image: Callable[[dict], None] | None = None,
@@ -238,10 +257,9 @@ def run(
     from eval.manifest import plan, read_manifest
 
     state, out = dist.state(), Path(out)
+    configs, calib = check_spec(spec)
     _check_run_file(out, spec)
     items = plan(spec.prompts, spec.classes, spec.per_prompt, spec.seed)
-    configs = [pipes.QuantConfig.parse(t) for t in spec.configs]
-    calib = spec.calib if spec.calib is not None else (spec.prompts or spec.classes)
     for cfg in configs:
         folder = out / cfg.name
 
@@ -340,9 +358,10 @@ def _parser() -> Any:
         sp.add_argument("--clip", default="judge", help="'judge' or 'open_clip:<model>:<checkpoint>'")
         sp.add_argument("--inception-weights", default=None, help="torch-fidelity .pth (default: built offline)")
         sp.add_argument("--tf1-resize", action="store_true", help="torch-fidelity's resize instead of antialiased")
-        sp.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "visq" / "stats"))
+        sp.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "visq" / "stats"),
+                        help="cache of reference statistics (by feature network and content hash)")
         sp.add_argument("--strict", action="store_true", help="error on unreadable files instead of skipping")
-        sp.add_argument("--batch-size", type=int, default=8)
+        sp.add_argument("--batch-size", type=int, default=8, help="images per generation / feature batch")
 
     r = sub.add_parser("run", help="generate and score configurations of a pipeline")
     r.add_argument("--model", required=True, help="zoo name or local diffusers folder")
@@ -350,28 +369,29 @@ def _parser() -> Any:
     g.add_argument("--prompts", help="prompt file: .txt (one per line), .jsonl or .csv with a 'prompt' field")
     g.add_argument("--classes", help="class ids for class-conditional pipelines, e.g. '0-9' or '1,5,7'")
     r.add_argument("--configs", nargs="+", default=["float"], help="float | <recipe>[@<method>] | load:<folder>")
-    r.add_argument("--calib", help="prompt file for calibration (default: the evaluation prompts)")
-    r.add_argument("--per-prompt", type=int, default=1)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--steps", type=int, default=20)
-    r.add_argument("--guidance", type=float, default=4.0)
+    r.add_argument("--calib", help="prompt file for calibration, needed by recipe configurations with --prompts "
+                   "(never the evaluation prompts); default with --classes: the class ids")
+    r.add_argument("--per-prompt", type=int, default=1, help="images per prompt (or class), each its own seed")
+    r.add_argument("--seed", type=int, default=0, help="base seed of the per-image generators")
+    r.add_argument("--steps", type=int, default=20, help="sampling steps per image (and per calibration run)")
+    r.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
     r.add_argument("--reference", default=None, help="'shapes', a folder of real images, or a stats file")
     r.add_argument("--reference-n", type=int, default=500, help="images drawn for --reference shapes")
     r.add_argument("--fidelity-ref", default="float", help="configuration the others are compared to")
     r.add_argument("--max-images", type=int, default=None, help="stop after this many new images (smoke runs)")
-    r.add_argument("--out", required=True)
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common(r)
 
     f = sub.add_parser("fid", help="FID between an image folder and a folder or saved statistics")
-    f.add_argument("folder")
+    f.add_argument("folder", help="folder of generated images")
     f.add_argument("--reference", required=True, help="folder of real images or a .safetensors stats file")
     f.add_argument("--save-stats", help="also write the folder's statistics here")
     common(f)
 
     c = sub.add_parser("clip", help="CLIP score of a folder with a captions manifest (jsonl: path, prompt)")
-    c.add_argument("folder")
-    c.add_argument("--captions", required=True)
+    c.add_argument("folder", help="folder of generated images")
+    c.add_argument("--captions", required=True, help="manifest.jsonl of the run (path and prompt per image)")
     common(c)
     return p
 
@@ -385,6 +405,7 @@ def _cmd_run(args: Any) -> dict | None:
         batch_size=args.batch_size, gen=GenSpec(args.steps, args.guidance), configs=args.configs,
         calib=read_prompts(args.calib) if args.calib else None,
     )
+    check_spec(spec)  # fail on a bad model or configuration before loading scorers or generating anything
     state, clip = dist.state(), None
     if spec.prompts is not None and args.clip != "none":
         clip = clip_from_arg(args.clip)

@@ -75,6 +75,49 @@ def zoo_names() -> list[str]:
     return list(names()) if callable(names) else []
 
 
+def pipeline_names() -> list[str]:
+    """The zoo names that load a diffusers pipeline (a shipped ``model_index.json``), the only ones eval runs."""
+    from visq import zoo
+
+    out = []
+    for name in zoo_names():
+        try:
+            if (zoo.path(name) / "model_index.json").is_file():
+                out.append(name)
+        except (FileNotFoundError, ValueError):
+            pass  # not shipped (e.g. the generated data set)
+    return out
+
+
+def check_model(model: str) -> None:
+    """Raise early when ``model`` is a zoo name of something other than a pipeline (e.g. the ViT)."""
+    if not Path(model).is_dir() and model in zoo_names() and model not in pipeline_names():
+        raise ValueError(f"{model!r} is not a diffusion pipeline (image evaluation generates images); use a "
+                         f"pipeline: {', '.join(pipeline_names())}, or a local diffusers folder")
+
+
+def validate(configs: list[QuantConfig]) -> None:
+    """Check every configuration (recipe string, method, its options and model family, saved folder) before any
+    image is generated, so a typo fails in seconds instead of after the float images.
+
+    Raises:
+        ValueError / FileNotFoundError: naming the configuration and the fix.
+    """
+    from visq import methods, recipes
+    from visq.methods.base import check_family
+
+    for cfg in configs:
+        if cfg.load is not None and not (Path(cfg.load) / "quant.json").is_file():
+            raise FileNotFoundError(f"configuration {cfg.name!r}: {cfg.load} is not a folder written by visq.save")
+        if cfg.recipe is None:
+            continue
+        try:
+            recipe = recipes.resolve(cfg.recipe, cfg.method, **dict(cfg.options))
+            check_family(methods.get(recipe.method, **recipe.method_kwargs), "diffusion", "a pipeline's denoiser")
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"configuration {cfg.name!r}: {err}") from err
+
+
 def weights_fingerprint(model: str) -> str:
     """A short hash of the weights a zoo name or a local pipeline folder loads ("" for an unknown model)."""
     if Path(model).is_dir() or model in zoo_names():
@@ -101,6 +144,7 @@ def load_pipeline(model: str) -> Any:
     elif model in zoo_names():
         from visq import zoo
 
+        check_model(model)
         pipe = zoo.load(model)
     elif "/" in model or path.suffix:
         raise FileNotFoundError(f"pipeline folder not found: {path}")

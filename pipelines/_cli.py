@@ -4,12 +4,74 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import io
+import tokenize
 import types
 import typing
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# Help of fields that mean the same in every job; a field's own ``metadata["help"]`` or trailing ``# comment`` wins.
+GLOSSARY = {
+    "name": "model name: its folder under --run-dir (and --out-dir)",
+    "seed": "random seed (data, initialisation, sampling)",
+    "batch": "batch size",
+    "batch_size": "images per generation batch",
+    "lr": "learning rate",
+    "restart_lr": "learning rate of the warm-restart cycle",
+    "decoder_lr": "learning rate of the decoder-only stage",
+    "weight_decay": "AdamW weight decay",
+    "label_smoothing": "cross-entropy label smoothing",
+    "ema": "decay of the exponential moving average of the weights (the EMA weights are shipped)",
+    "kl_weight": "weight of the VAE's KL term",
+    "caption_dropout": "fraction of captions dropped to the empty prompt (classifier-free guidance)",
+    "pool": "training images generated up front and reused",
+    "threads": "torch CPU threads",
+    "eval_size": "held-out images of the final check",
+    "eval_samples": "samples generated for the final quality check",
+    "export_only": "skip training: export the weights of the last checkpoint",
+    "clip_dir": "text CLIP whose text tower becomes the pipeline's text encoder",
+    "run_dir": "checkpoints, logs and metrics.json go to <run-dir>/<name>; a rerun resumes from there",
+    "out_dir": "where the final weights are written",
+    "out": "where results are written",
+    "guidance": "classifier-free guidance scale",
+    "progress": "show progress bars",
+    "grid_points": "grid points per axis of the grid search",
+    "rounds": "box-halving rounds of the coarse search",
+}
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Help text of every field of dataclass ``cls``: ``metadata["help"]``, else the field's trailing ``# comment``
+    or the comment line above it in the class source, else the glossary (``steps`` reads as sampling steps when the
+    job has a ``guidance``)."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):  # subclasses override their bases
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        above = ""
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            name = tok.line.strip().split(":", 1)[0]
+            if tok.type == tokenize.COMMENT and tok.line.strip().startswith("#"):
+                above = tok.string.lstrip("# ").strip()  # a comment line: it documents the field below
+            elif tok.type == tokenize.COMMENT and name.isidentifier():
+                comments[name] = tok.string.lstrip("# ").strip()
+            elif tok.type == tokenize.NEWLINE:
+                if above and name.isidentifier():
+                    comments.setdefault(name, above)
+                above = ""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    steps = "sampling (denoising) steps per image" if "guidance" in names else "training (optimisation) steps"
+    out = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        text = f.metadata.get("help") or comments.get(f.name) or GLOSSARY.get(f.name)
+        out[f.name] = text or (steps if f.name == "steps" else "")
+    return out
 
 
 def parse(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None,
@@ -20,11 +82,20 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, description: str | No
     ``--no-flag``; tuples take several values (``--configs float w8a8``). Fields of other types (nested configs,
     dicts) are not flags: they keep their default.
     """
+    args = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in vars(parser(cls, description, defaults).parse_args(argv)).items()}
+    return dataclasses.replace(defaults, **args) if defaults is not None else cls(**args)  # type: ignore[type-var]
+
+
+def parser(cls: type[T], description: str | None = None, defaults: T | None = None) -> argparse.ArgumentParser:
+    """The argument parser of :func:`parse`: one flag per command-line field, its help from :func:`field_help`."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(cls)
+    helps = field_help(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if not _is_flag_type(hints[f.name]):
             continue
+        text = helps[f.name].replace("%", "%%") or None  # argparse formats help with %
         if defaults is not None:
             default = getattr(defaults, f.name)
         else:
@@ -32,14 +103,13 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, description: str | No
         flag = "--" + f.name.replace("_", "-")
         kind: Any = hints[f.name]
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif isinstance(default, tuple):
             item = typing.get_args(kind)[0] if typing.get_args(kind) else str
-            parser.add_argument(flag, nargs="+", type=item, default=default)
+            parser.add_argument(flag, nargs="+", type=item, default=default, help=text)
         else:
-            parser.add_argument(flag, type=type(default) if default is not None else str, default=default)
-    args = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()}
-    return dataclasses.replace(defaults, **args) if defaults is not None else cls(**args)  # type: ignore[type-var]
+            parser.add_argument(flag, type=type(default) if default is not None else str, default=default, help=text)
+    return parser
 
 
 def _is_flag_type(kind: Any) -> bool:

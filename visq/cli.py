@@ -41,7 +41,12 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     visq.quantize(obj, args.recipe, method=args.method, calib=calib,
                   calib_options={"num_inference_steps": args.steps})
     visq.save(obj, args.out)
-    print(visq.summary(obj))
+    state = visq.quant_state(obj)
+    if args.summary:
+        print(visq.summary(obj))
+    else:
+        print(f"quantized {len(state.plan.quantized)} sites with {state.recipe.name} (method {state.recipe.method}), "
+              f"{len(state.plan.float_layers)} layers kept float; every site: -v, or `visq summary {args.out}`")
     print(f"saved to {args.out}")
 
 
@@ -54,22 +59,30 @@ def cmd_summary(args: argparse.Namespace) -> None:
         print(f"  {path}: {why}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``visq`` command."""
-    parser = argparse.ArgumentParser(prog="visq", description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    """The ``visq`` argument parser (every flag has a help line)."""
+    parser = argparse.ArgumentParser(prog="visq", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(required=True)
-    q = sub.add_parser("quantize", help="quantize and save a pipeline")
+    q = sub.add_parser("quantize", help="quantize and save a pipeline",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("source", help="zoo name (visq.zoo.names()) or a local diffusers pipeline folder")
     q.add_argument("recipe", help="w<W>a<A>[-g<G>], e.g. w8a8, w4a8")
     q.add_argument("--calib", required=True, help="text file: one prompt (or class id) per line")
-    q.add_argument("--out", required=True)
-    q.add_argument("--method", default=None)
+    q.add_argument("--out", required=True, help="folder to write (model.safetensors + quant.json)")
+    q.add_argument("--method", default=None, help="method name (visq.methods.names()); default min-max")
     q.add_argument("--steps", type=int, default=10, help="sampling steps of each calibration run")
+    q.add_argument("-v", "--summary", action="store_true", help="print every quantized site and float layer")
     q.set_defaults(func=cmd_quantize)
     s = sub.add_parser("summary", help="what a saved folder holds")
-    s.add_argument("folder")
+    s.add_argument("folder", help="a folder written by visq quantize / visq.save")
     s.set_defaults(func=cmd_summary)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``visq`` command."""
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.func(args)
 
