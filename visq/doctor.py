@@ -193,6 +193,7 @@ def doctor(
     top_k: int = 5,
     histograms: int = 4,
     max_calls: int | None = None,
+    roles: tuple[str, ...] = ("weight", "activation"),
     progress: bool = True,
     **method_kwargs: Any,
 ) -> Diagnosis:
@@ -207,6 +208,7 @@ def doctor(
             sensitive layers, each quantized alone.
         histograms: how many of the most sensitive sites get a value histogram with their grid (per role).
         max_calls: use at most this many calibration calls, evenly spaced (cost grows linearly with them).
+        roles: which sites to measure: "weight" and / or "activation" (the others stay float while measuring).
         progress: show a progress bar.
 
     Raises:
@@ -227,7 +229,10 @@ def doctor(
     with _eval_mode(model):
         refs = [_first_tensor(out).float() for out in _outputs(model, calib_set)]
     power = sum(r.pow(2).sum().item() for r in refs) / sum(r.numel() for r in refs)
-    own = _recipe_widths(recipe)
+    unknown = set(roles) - {"weight", "activation"}
+    if unknown or not roles:
+        raise ValueError(f"roles must be a non-empty subset of ('weight', 'activation'), got {roles}")
+    own = {role: b for role, b in _recipe_widths(recipe).items() if role in roles}
     widths = tuple(sorted(set(bits) | set(own.values())))
     state = _Measured(recipe, own)
     bar = tqdm(desc="doctor", total=None, disable=not progress)
@@ -251,6 +256,10 @@ def _recipe_widths(recipe: Recipe) -> dict[str, int]:
         if rule.spec is not None:
             widths.setdefault("weight" if is_weight_site(rule.pattern) else "activation", spec_bits(rule.spec))
     return widths
+
+
+def _role(site: str) -> str:
+    return "weight" if is_weight_site(site) else "activation"
 
 
 def _first_tensor(out: Any) -> Tensor:
@@ -290,10 +299,11 @@ class _Measured:
         quantizers = {site: qmodel.get_submodule(site) for site in plan.quantized}
         for site in quantizers:
             qmodel.set_submodule(site, nn.Identity())
-        bar.total = (bar.total or 0) + len(quantizers)
+        measured = {s: q for s, q in quantizers.items() if _role(s) in self.own}
+        bar.total = (bar.total or 0) + len(measured)
         samples: dict[str, Tensor] = {}
-        for site, quantizer in quantizers.items():
-            role = "weight" if is_weight_site(site) else "activation"
+        for site, quantizer in measured.items():
+            role = _role(site)
             at_own = self.own.get(role) == width
             probe = _Probe(qmodel, site, quantizer, owner_of[site], sample=at_own and role == "activation")
             model_mse, timestep_mse = probe.run(calib, refs)

@@ -92,3 +92,16 @@ def test_diffusion_errors_are_measured_per_timestep():
     assert diag.calls == 3 and diag.host == "diffusers"
     assert all(len(s.timestep_mse) == 3 for s in diag.sites)
     assert getattr(pipe.transformer, "visq_state", None) is None
+
+
+def test_roles_limit_what_is_measured():
+    x = torch.randn(32, 16)
+    diag = doctor(_fragile_mlp(), "w4a8", calib=x, bits=(4, 8), roles=("weight",), progress=False)
+    assert {s.role for s in diag.sites} == {"weight"} and diag.ranking()[0] == "2.weight_quantizer"
+    recipe = diag.mixed(weight_bits=6.0)
+    chosen = [recipe.spec_for(s.site)[1].bits for s in diag.sites]
+    assert 4 < sum(s.size * b for s, b in zip(diag.sites, chosen)) / sum(s.size for s in diag.sites) <= 6
+    with pytest.raises(ValueError, match="quantizes no activations"):
+        diag.mixed(activation_bits=6.0)
+    with pytest.raises(ValueError, match="roles"):
+        doctor(_fragile_mlp(), "w4a8", calib=x, roles=("bias",), progress=False)
