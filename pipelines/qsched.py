@@ -42,7 +42,7 @@ class Config:
 
 
 def main(cfg: Config = Config()) -> dict[str, Any]:
-    out = Path(cfg.out) / f"{cfg.model}-{cfg.steps}steps"  # quantizers calibrate at the sampling step count
+    out = Path(cfg.out) / f"{Path(cfg.model).name}-{cfg.steps}steps"  # quantizers calibrate at the step count
     name = QuantConfig.parse(cfg.config).name
     info = tune_and_save(cfg.model, cfg.config, out / "_models", calibration(cfg.model, cfg.calib_prompts, cfg.seed),
                          cfg.steps, cfg.guidance, out / "qsched" / f"{name}-qsched-{cfg.search}",

@@ -20,8 +20,17 @@ meaning (DPM-Solver / Heun-type multistep solvers are refused) [RECON].
 
 ``QSchedScheduler`` is a diffusers ``SchedulerMixin`` / ``ConfigMixin``: assign it to ``pipe.scheduler``; its config
 (``base_class``, ``base_config``, ``model_coeff``, ``sample_coeff``) round-trips through ``save_pretrained`` /
-``from_pretrained`` and through ``visq.save`` / ``visq.load`` (which write it under ``scheduler/``).
-This module imports diffusers: ``import visq`` does not import it.
+``from_pretrained`` and through ``visq.save`` / ``visq.load`` (which write it under ``scheduler/``). A saved
+pipeline's ``model_index.json`` names it ``["visq.qsched", "QSchedScheduler"]``; diffusers imports that module by
+name, so ``DiffusionPipeline.from_pretrained(folder)`` needs only visq installed. To attach it to another pipeline:
+``pipe.scheduler = QSchedScheduler.from_pretrained(folder, subfolder="scheduler")``. At another step count than it was
+tuned for it interpolates the ramps (with a warning). This module imports diffusers: ``import visq`` does not.
+
+    import visq, visq.qsched
+    visq.quantize(pipe, "w4a4", calib=captions, calib_options={"num_inference_steps": 4})
+    reward = visq.qsched.JAQ(compatibility=my_clip_score, quality=my_no_reference_quality, k=2.0)
+    result = visq.qsched.tune(pipe, captions, steps=4, reward=reward, guidance_scale=4.0)  # installs the scheduler
+    images = pipe(prompts, num_inference_steps=4).images
 """
 
 from __future__ import annotations
