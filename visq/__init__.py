@@ -8,6 +8,7 @@
 ``import visq`` imports neither diffusers nor timm; hosts load them when given such an object.
 """
 
+from visq import qat  # noqa: F401  (visq.qat.train: quantization-aware training)
 from visq.api import QuantState, freeze, quant_state, quantize, summary, unfreeze
 from visq.calibrate import CalibSet, Call, observing
 from visq.deploy.export import export

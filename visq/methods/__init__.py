@@ -1,7 +1,9 @@
 """Quantization methods, one file each; importing this package registers them."""
 
 # importing registers each method
-from visq.methods import baseline, dgq, dopq, eda, ias, noisyquant, ptq4vit, qdiff, repq, temporal  # noqa: F401
+from visq.methods import (  # noqa: F401
+    baseline, dgq, dopq, eda, ias, noisyquant, ofq, ptq4vit, qdiff, repq, temporal,
+)
 from visq.methods.base import METHODS, Method, get, register
 
 

@@ -148,12 +148,22 @@ class LSQQuantizer(Quantizer):
         off = self._broadcast(offset, x) if self.spec.offset else None
         return lsq_quantize(x, self._broadcast(step, x), off, q_n, q_p, self.grad_scale(x))
 
-    def codes(self, x: Tensor) -> Tensor:
-        """Integer codes of ``x`` in -Q_N..Q_P (oscillation tracking)."""
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """Smallest and largest integer code."""
+        q_n, q_p = self.spec.qrange
+        return -q_n, q_p
+
+    def pre_round(self, x: Tensor) -> Tensor:
+        """The value rounded to the integer code: ``clamp((x - beta) / s, -Q_N, Q_P)`` (no gradient)."""
         q_n, q_p = self.spec.qrange
         step, offset = self.current()
         step = self._broadcast(step.detach(), x).clamp_min(MIN_STEP)
-        return torch.round(torch.clamp((x.detach() - self._broadcast(offset.detach(), x)) / step, -q_n, q_p))
+        return torch.clamp((x.detach() - self._broadcast(offset.detach(), x)) / step, -q_n, q_p)
+
+    def codes(self, x: Tensor) -> Tensor:
+        """Integer codes of ``x`` in -Q_N..Q_P (oscillation tracking)."""
+        return torch.round(self.pre_round(x))
 
     # -- calibration -------------------------------------------------------------------------------------------
     def observe(self, x: Tensor) -> None:

@@ -84,6 +84,16 @@ class StatsQQuantizer(Quantizer):
     def forward(self, w: Tensor) -> Tensor:
         return statsq(w, self.spec.bits, self.spec.factor)
 
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """Smallest and largest integer code."""
+        n = 2 ** (self.spec.bits - 1)
+        return -n, n - 1
+
+    def pre_round(self, w: Tensor) -> Tensor:
+        """The value rounded to the integer code (CGA's confidence is its distance to a rounding threshold)."""
+        return pre_round(w, self.spec.bits, self.spec.factor)
+
     def codes(self, w: Tensor) -> Tensor:
         """Integer codes of ``w`` (oscillation tracking)."""
         return codes(w, self.spec.bits, self.spec.factor)

@@ -1,0 +1,104 @@
+"""visq.qat.train: loss goes down, resume equals an uninterrupted run, save -> load in a fresh process, bad input."""
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import visq
+from visq.qat import QATConfig, metrics_of, train
+from visq.testing import tiny_vit
+
+from .conftest import draw
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_short_qat_run_lowers_the_distillation_loss(teacher, tmp_path):
+    cfg = QATConfig(steps=30, anneal_steps=4, batch_size=8, calib_size=16, warmup_steps=2, lr=2e-3, log_every=5,
+                    checkpoint_every=100)
+    student = tiny_vit()
+    train(student, "w3a3", draw, teacher=teacher, method="ofq", config=cfg, out_dir=tmp_path, progress=False)
+    records = metrics_of(tmp_path, cfg)
+    qat = [r["loss"] for r in records if r["phase"] == "qat"]
+    assert qat[-1] < 0.6 * qat[0]
+    assert {"osc_frac", "osc_ema", "flip_frac"} <= set(records[-1]) and "frozen_frac" in records[-1]
+    assert (tmp_path / "oscillation.svg").read_text().startswith("<svg")
+    assert not student.training
+
+
+class Stream:
+    """``draw`` that crashes on its ``crash_at``-th call (the run's settings record the data's name: "Stream")."""
+
+    def __init__(self, crash_at: int | None = None) -> None:
+        self.calls, self.crash_at = 0, crash_at
+
+    def __call__(self, generator):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise RuntimeError("simulated crash")
+        return draw(generator)
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(teacher, short, tmp_path):
+    whole = tiny_vit()
+    train(whole, "w2a2", Stream(), teacher=teacher, method="ofq", config=short, out_dir=tmp_path / "a",
+          progress=False)
+    # calibration takes 2 draws: call 8 is QAT step 6 (checkpoints every 2 steps: steps 5-6 are lost)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_vit(), "w2a2", Stream(crash_at=8), teacher=teacher, method="ofq", config=short,
+              out_dir=tmp_path / "b", progress=False)
+    assert not (tmp_path / "b" / "anneal").exists()
+    resumed = tiny_vit()
+    train(resumed, "w2a2", Stream(), teacher=teacher, method="ofq", config=short, out_dir=tmp_path / "b",
+          progress=False)
+    a, b = _state(whole), _state(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics_of(tmp_path / "a", short) == metrics_of(tmp_path / "b", short)
+
+
+def test_resume_with_other_settings_raises(teacher, short, tmp_path):
+    train(tiny_vit(), "w2a2", draw, teacher=teacher, method="ofq", config=short, out_dir=tmp_path, progress=False)
+    other = dataclasses.replace(short, batch_size=4)
+    with pytest.raises(ValueError, match="other settings.*batch_size"):
+        train(tiny_vit(), "w2a2", draw, teacher=teacher, method="ofq", config=other, out_dir=tmp_path,
+              progress=False)
+
+
+def test_qat_model_save_load_is_bit_identical_in_a_fresh_process(teacher, short, tmp_path):
+    student = tiny_vit()
+    train(student, "w2a2", draw, teacher=teacher, method="ofq", config=short, progress=False)
+    visq.save(student, tmp_path / "model")
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.save({"x": x, "y": student(x)}, tmp_path / "io.pt")
+    code = textwrap.dedent(f"""
+        import torch, visq
+        from visq.testing import tiny_vit
+        model = visq.load(tiny_vit(seed=5), {str(tmp_path / "model")!r})
+        ref = torch.load({str(tmp_path / "io.pt")!r})
+        with torch.no_grad():
+            assert torch.equal(model(ref["x"]), ref["y"]), "outputs differ"
+        print("ok", visq.quant_state(model).recipe.method)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok ofq"
+
+
+def test_bad_input_raises_clear_errors(teacher, short):
+    with pytest.raises(ValueError, match="trains methods .*'lsq', 'ofq'.*got 'repq'"):
+        train(tiny_vit(), "w2a2", draw, teacher=teacher, method="repq", config=short)
+    with pytest.raises(ValueError, match="invalid recipe 'w9a2'"):
+        train(tiny_vit(), "w9a2", draw, teacher=teacher, method="lsq", config=short)
+    with pytest.raises(ValueError, match="data is required"):
+        train(tiny_vit(), "w2a2", None, teacher=teacher, config=short)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    with pytest.raises(ValueError, match="needs timm Attention blocks"):
+        train(mlp, "w2a2", draw, teacher=teacher, method="ofq", config=short)
