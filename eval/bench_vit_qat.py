@@ -215,7 +215,7 @@ def _parse(argv: list[str]) -> Config:
     p.add_argument("--seeds", nargs="+", type=int, default=list(Config.seeds))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--bits", nargs="+", default=list(BITS))
-    p.add_argument("--ptq-methods", nargs="+", default=list(PTQ_METHODS), choices=list(bench_vit.METHODS))
+    p.add_argument("--ptq-methods", nargs="*", default=list(PTQ_METHODS), choices=list(bench_vit.METHODS))
     p.add_argument("--eval-n", type=int, default=1000)
     p.add_argument("--run-dir", default=Config.run_dir)
     p.add_argument("--out", default=Config.out)
