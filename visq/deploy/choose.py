@@ -63,6 +63,8 @@ def choose(layer: nn.Module) -> tuple[str | None, str]:
     aspec = iq.spec
     if aspec.bits > 8 or aspec.granularity not in ("tensor", "token"):
         return None, f"activation spec {aspec.short()} has no int8 kernel (needs <= 8 bit, tensor or token)"
+    if aspec.granularity == "tensor" and getattr(aspec, "dynamic", False):
+        return None, "dynamic per-tensor activations have no exported kernel (static or per-token do): runs fake-quant"
     if spec.granularity == "group":
         return None, "group-wise weights with quantized activations have no int8 kernel: runs fake-quant"
     return "w8a8", ""
