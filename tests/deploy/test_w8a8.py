@@ -87,6 +87,7 @@ def test_sd_unet_per_timestep_codes_within_one_step():
     assert f"int8 {kernel} W8A8 (static per-tensor act" in text
     assert "conv_in" not in text.split("fake-quant layers")[1]  # a float layer is not listed as fake-quant
     assert "convolution: no int8 conv kernel exported, runs fake-quant" in text
+    assert "attention q / k / v / probs quantizers: " in text
 
 
 def test_export_errors(images):

@@ -18,6 +18,8 @@ from torch import nn
 from visq import hosts
 from visq.deploy import choose
 from visq.modules import QUANT_LAYERS
+from visq.quantizers import Quantizer
+from visq.sites import ATTENTION_SLOTS
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,6 +112,10 @@ def summary_lines(model: nn.Module) -> list[str]:
     lines += [f"  {p:<{width}}  {model.get_submodule(p).kernel}" for p in state.layers]
     lines.append(f"fake-quant layers: {len(state.kept)}")
     lines += [f"  {p:<{width}}  {why}" for p, why in state.kept.items()]
+    slots = sum(1 for p, m in model.named_modules() if isinstance(m, Quantizer) and p.endswith(ATTENTION_SLOTS))
+    if slots:
+        lines.append(f"attention q / k / v / probs quantizers: {slots}, fake-quant around float matmuls (no int8 "
+                     "batched matmul is exported)")
     return lines
 
 
