@@ -2,6 +2,7 @@
 
     visq quantize shapes-sd w4a8 --calib prompts.txt --out out/sd-w4a8
     visq summary out/sd-w4a8
+    visq doctor shapes-sd w4a8 --calib prompts.txt --roles weight --out diag.json --mixed-weight-bits 4 --save out/m
 """
 
 from __future__ import annotations
@@ -59,6 +60,60 @@ def cmd_summary(args: argparse.Namespace) -> None:
         print(f"  {path}: {why}")
 
 
+def _doctor_calib(obj: Any, args: argparse.Namespace) -> Any:
+    if args.calib:
+        return _read_calib(args.calib)
+    if args.source == "shapes-vit":  # the zoo classifier: training-split images, as eval.bench_vit calibrates
+        from visq.zoo import shapes
+        from visq.zoo.vit import VIT_DATA, normalize
+
+        return normalize(shapes.generate(args.calib_n, 1000, "train", VIT_DATA).images)
+    raise SystemExit("--calib is required: a text file with one prompt (or class id) per line")
+
+
+def cmd_doctor(args: argparse.Namespace) -> None:
+    obj = _load_source(args.source)
+    calib = _doctor_calib(obj, args)
+    diag = visq.doctor(obj, args.recipe, method=args.method, calib=calib, bits=tuple(args.bits),
+                       roles=tuple(args.roles), max_calls=args.max_calls,
+                       calib_options={"num_inference_steps": args.steps})
+    print(diag.table(args.top))
+    if args.out:
+        diag.save(args.out)
+        print(f"diagnosis saved to {args.out}; HTML page: python -m eval.report_html --diagnosis {args.out} "
+              "--out report.html (from a visq checkout)")
+    if args.mixed_weight_bits is None and args.mixed_activation_bits is None:
+        return
+    recipe = diag.mixed(weight_bits=args.mixed_weight_bits, activation_bits=args.mixed_activation_bits)
+    if not args.save:
+        raise SystemExit("--mixed-*-bits needs --save FOLDER for the mixed-precision model")
+    fresh = _load_source(args.source)
+    visq.quantize(fresh, recipe, calib=calib, calib_options={"num_inference_steps": args.steps})
+    visq.save(fresh, args.save)
+    print(f"{recipe.name}: saved to {args.save} (`visq summary {args.save}` lists every site's bits)")
+
+
+def _doctor_parser(sub: Any) -> None:
+    d = sub.add_parser("doctor", help="per-site sensitivity ranking, and optionally a mixed-precision model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("source", help="zoo name (visq.zoo.names()) or a local diffusers pipeline folder")
+    d.add_argument("recipe", help="the recipe to diagnose, e.g. w4a8")
+    d.add_argument("--calib", help="text file: one prompt (or class id) per line (shapes-vit: zoo images if absent)")
+    d.add_argument("--calib-n", type=int, default=32, help="calibration images for shapes-vit without --calib")
+    d.add_argument("--method", default=None, help="method name (visq.methods.names()); default min-max")
+    d.add_argument("--steps", type=int, default=10, help="sampling steps of each calibration run")
+    d.add_argument("--bits", type=int, nargs="*", default=[2, 3, 4, 6, 8], help="candidate widths to measure")
+    d.add_argument("--roles", nargs="+", default=["weight", "activation"], choices=["weight", "activation"],
+                   help="which sites to measure")
+    d.add_argument("--max-calls", type=int, default=None, help="use at most this many calibration calls")
+    d.add_argument("--top", type=int, default=20, help="rows of the printed ranking")
+    d.add_argument("--out", default=None, help="write the diagnosis JSON here")
+    d.add_argument("--mixed-weight-bits", type=float, default=None, help="mean weight bits of a mixed recipe")
+    d.add_argument("--mixed-activation-bits", type=float, default=None, help="mean activation bits of a mixed recipe")
+    d.add_argument("--save", default=None, help="quantize with the mixed recipe and save it here")
+    d.set_defaults(func=cmd_doctor)
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``visq`` argument parser (every flag has a help line)."""
     parser = argparse.ArgumentParser(prog="visq", description=__doc__.splitlines()[0],
@@ -77,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="what a saved folder holds")
     s.add_argument("folder", help="a folder written by visq quantize / visq.save")
     s.set_defaults(func=cmd_summary)
+    _doctor_parser(sub)
     return parser
 
 
