@@ -28,6 +28,57 @@ COLUMNS = (  # (key, header, format, lower_is_better)
     ("size_mb", "denoiser MB", "{:.2f}", True),
     ("weight_bits", "mean weight bits", "{:.2f}", True),
 )
+SIZE_NOTE = ("denoiser MB is the ideal packed size of the denoiser's parameters: each quantized weight at its bit "
+             "width, everything else (biases, layers kept float) at its dtype's; it is not the size of the files "
+             "visq.save writes, which keep float weights and the quantizers' parameters.")
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """The metrics as a markdown table: a row per configuration, the columns any configuration has."""
+    present = [c for c in COLUMNS if any(c[0] in m for m in results.values())]
+    lines = ["| config | " + " | ".join(h for _, h, _, _ in present) + " |", "|---|" + "---|" * len(present)]
+    for name, m in results.items():
+        lines.append(f"| {name} | " + " | ".join(f.format(m[k]) if k in m else "-" for k, _, f, _ in present) + " |")
+    return "\n".join(lines)
+
+
+def notes(results: dict[str, dict]) -> list[str]:
+    """What a reader of the table needs to know: a FID that cannot separate the configurations, what the size
+    column means."""
+    out = []
+    fids = {n: m["fid"] for n, m in results.items() if "fid" in m}
+    shown = {f"{v:.2f}" for v in fids.values()}
+    if len(fids) > 1 and len(shown) == 1:
+        n = next(m["n_images"] for m in results.values() if "fid" in m)
+        out.append(f"FID is the same for every configuration at this size ({n} images each): the Frechet distance "
+                   "of so few images is dominated by sampling noise and cannot tell these configurations apart; "
+                   "compare PSNR / SSIM to float, or generate more images (--n-prompts, --per-prompt).")
+    elif any(m.get("fid_small_n") for m in results.values()):
+        out.append("FID here uses fewer images than feature dimensions (biased upwards): compare within this run.")
+    if any("size_mb" in m for m in results.values()):
+        out.append(SIZE_NOTE)
+    return out
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    """``text`` with the generated block ``name`` (between ``<!-- visq:name -->`` markers) set to ``body``."""
+    begin, end = _markers(name)
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"expected one '{begin}' ... '{end}' block, found {text.count(begin)} / {text.count(end)}")
+    head, rest = text.split(begin)
+    return f"{head}{begin}\n{body.strip()}\n{end}{rest.split(end, 1)[1]}"
+
+
+def read_block(text: str, name: str) -> str:
+    """The body of the generated block ``name`` (see :func:`replace_block`)."""
+    begin, end = _markers(name)
+    if begin not in text or end not in text:
+        raise ValueError(f"no '{begin}' ... '{end}' block found")
+    return text.split(begin, 1)[1].split(end, 1)[0].strip()
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- visq:{name} (generated: do not edit by hand) -->", f"<!-- /visq:{name} -->"
 
 
 def _versions() -> dict[str, str]:
@@ -68,8 +119,11 @@ def grid(images: Sequence[Image.Image], columns: int, pad: int = 2, scale: int =
     return canvas
 
 
-def bar_chart(title: str, values: dict[str, float], width: int = 360, bar_h: int = 18) -> Image.Image:
-    """A labelled horizontal bar chart, one bar per configuration."""
+def bar_chart(title: str, values: dict[str, float], width: int = 360, bar_h: int = 18,
+              lower_is_better: bool | None = None) -> Image.Image:
+    """A labelled horizontal bar chart, one bar per configuration; the title says which direction is better."""
+    if lower_is_better is not None:
+        title = f"{title} ({'lower' if lower_is_better else 'higher'} is better)"
     draw_h = 24 + len(values) * (bar_h + 6)
     im = Image.new("RGB", (width, draw_h), "white")
     d = ImageDraw.Draw(im)
@@ -104,8 +158,8 @@ def write_report(out: Path, results: dict[str, dict], spec: Any, items: Sequence
         rows.extend(Image.open(out / name / it.filename) for it in shown)
     if rows:
         grid(rows, columns=len(shown)).save(out / "grid.png")
-    charts = [bar_chart(header, {n: results[n][key] for n in names if key in results[n]})
-              for key, header, _, _ in COLUMNS if any(key in results[n] for n in names)]
+    charts = [bar_chart(header, {n: results[n][key] for n in names if key in results[n]}, lower_is_better=lower)
+              for key, header, _, lower in COLUMNS if any(key in results[n] for n in names)]
     if charts:
         _stack(charts).save(out / "metrics.png")
     first = next(iter(results.values()), {})
@@ -120,12 +174,8 @@ def write_report(out: Path, results: dict[str, dict], spec: Any, items: Sequence
         f" CLIP: `{first.get('clip_network', 'none')}`. Fidelity reference: `{fid_ref}`"
         " (same seeds).", "",
     ]
-    present = [c for c in COLUMNS if any(c[0] in results[n] for n in names)]
-    lines.append("| config | " + " | ".join(h for _, h, _, _ in present) + " |")
-    lines.append("|---|" + "---|" * len(present))
-    for n in names:
-        cells = [f.format(results[n][k]) if k in results[n] else "-" for k, _, f, _ in present]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += [markdown_table(results), ""]
+    lines += [f"- {note}" for note in notes(results)]
     lines += ["", f"Rows of `grid.png`: {', '.join(names)} (first {len(shown)} images, same seeds).", "",
               "![grid](grid.png)", "", "![metrics](metrics.png)", ""]
     path = out / "report.md"

@@ -3,6 +3,7 @@
     python -m pipelines.quantize_eval                       # float, W8A8, W4A8 of shapes-sd: a few CPU minutes
     python -m pipelines.quantize_eval --fid-net inception   # the standard FID Inception (~6 images/s on CPU)
     accelerate launch --multi_gpu --num_processes 2 -m pipelines.quantize_eval   # 2 CPU processes, same results
+    python -m pipelines.quantize_eval --readme README.md   # also rewrite the README's main-job block
 
 Same held-out visq-shapes captions and per-image seeds for every configuration; calibration uses captions of the
 training split. Output: a table of FID (judge-CLIP features by default, against held-out real images), CLIP score
@@ -12,6 +13,7 @@ training split. Output: a table of FID (judge-CLIP features by default, against 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 from eval import dist
 from eval.images import GenSpec, RunSpec, Scorers, clip_from_arg, fid_net_from_args, reference_from_arg, run
 from eval.io import read_prompts
-from eval.report import COLUMNS
+from eval.report import markdown_table, notes, replace_block
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Config:
     cache_dir: str = str(Path.home() / ".cache" / "visq" / "stats")  # cached reference statistics
     out: str = "runs/quantize_eval"
     progress: bool = True
+    readme: str = ""  # also write the results into this README's main-job block (README.md: what the README shows)
 
 
 def _prompts(cfg: Config) -> tuple[list[str], list[str]]:
@@ -70,13 +73,21 @@ def _scorers(cfg: Config) -> Scorers:
     return Scorers(fid_net, reference, clip, batch_size=64, progress=cfg.progress)
 
 
-def table(metrics: dict[str, dict]) -> str:
-    """The results as a markdown table (the columns any configuration has)."""
-    present = [c for c in COLUMNS if any(c[0] in m for m in metrics.values())]
-    lines = ["| config | " + " | ".join(h for _, h, _, _ in present) + " |", "|---|" + "---|" * len(present)]
-    for name, m in metrics.items():
-        lines.append(f"| {name} | " + " | ".join(f.format(m[k]) if k in m else "-" for k, _, f, _ in present) + " |")
-    return "\n".join(lines)
+BLOCK = "main-job"  # the README block this job writes (eval.report.replace_block)
+
+
+def readme_block(payload: dict[str, Any]) -> str:
+    """The README's main-job block (setup line, table, notes) from a ``metrics.json`` payload of this job."""
+    metrics, run_spec = payload["configs"], payload["run"]
+    first = next(iter(metrics.values()))
+    setup = (f"Main job, `python -m pipelines.quantize_eval` (model `{run_spec['model']}`, "
+             f"{len(run_spec['prompts'])} prompts x {run_spec['per_prompt']} images, seed {run_spec['seed']}, "
+             f"{run_spec['gen']['steps']} sampling steps, guidance {run_spec['gen']['guidance']:g}; calibration on "
+             f"{len(run_spec['calib'] or [])} training-split captions with the same sampler; FID on "
+             f"`{first.get('fid_network', 'none')}` features against {first.get('fid_reference_n', '-')} held-out "
+             f"real images; CLIP score by `{first.get('clip_network', 'none')}`; s / image is indicative only, "
+             "measured on a shared 2-core CPU):")
+    return "\n".join([setup, "", markdown_table(metrics), "", *[f"- {n}" for n in notes(metrics)]])
 
 
 def main(cfg: Config = Config(), scorers: Scorers | None = None) -> dict[str, Any] | None:
@@ -91,8 +102,17 @@ def main(cfg: Config = Config(), scorers: Scorers | None = None) -> dict[str, An
         print(f"model {cfg.model}, {len(prompts)} prompts x {cfg.per_prompt} images, seed {cfg.seed}, "
               f"{cfg.steps} steps, guidance {cfg.guidance}; FID features: {first.get('fid_network', 'none')}, "
               f"CLIP: {first.get('clip_network', 'none')}")
-        print(table(metrics))
-        print(f"report: {Path(cfg.out) / 'report.md'}")
+        print(markdown_table(metrics))
+        payload = json.loads((Path(cfg.out) / "metrics.json").read_text())
+        (Path(cfg.out) / "readme_block.md").write_text(readme_block(payload) + "\n")
+        if cfg.readme:
+            readme = Path(cfg.readme)
+            readme.write_text(replace_block(readme.read_text(), BLOCK, readme_block(payload)))
+            print(f"updated the {BLOCK} block of {readme}")
+        from eval import report_html  # the HTML page: metrics, recipes and the image grid, self-contained
+
+        page = report_html.write(Path(cfg.out) / "report.html", eval_folder=cfg.out, title=f"visq: {cfg.model}")
+        print(f"report: {Path(cfg.out) / 'report.md'} and {page}")
     return metrics
 
 
