@@ -122,12 +122,14 @@ def table(name: str, steps: int, out: dict[str, Any], cfg: Config) -> list[str]:
     return lines + [""]
 
 
-def _write_readme_table(block: list[str], readme: Path) -> None:
+def _write_readme_table(block: list[str], readme: Path, start: str = README_START, end: str = README_END) -> None:
+    """Replace the lines between the ``start`` and ``end`` markers of ``readme`` by ``block`` (other benchmarks'
+    README tables use it with their own markers)."""
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
+    if start not in text or end not in text:
         return  # the README section is added once by hand; this command keeps its table current
-    head, rest = text.split(README_START, 1)
-    readme.write_text(head + README_START + "\n" + "\n".join(block) + "\n" + README_END + rest.split(README_END, 1)[1])
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
 
 
 def main(cfg: Config = Config()) -> dict[str, Any]:

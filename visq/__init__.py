@@ -13,6 +13,7 @@ from visq.api import QuantState, freeze, quant_state, quantize, summary, unfreez
 from visq.calibrate import CalibSet, Call, observing
 from visq.deploy.export import export
 from visq.doctor import Diagnosis, doctor
+from visq.finetune import finetune, merge_lora
 from visq.io import load, save
 from visq.quantizers import QuantSpec, Uniform
 from visq.recipes import PRESETS, Recipe, Rule
@@ -32,8 +33,10 @@ __all__ = [
     "Uniform",
     "export",
     "doctor",
+    "finetune",
     "freeze",
     "load",
+    "merge_lora",
     "observing",
     "quant_state",
     "quantize",
