@@ -39,6 +39,8 @@ def test_main_job_smoke_on_the_tiny_pipeline(tmp_path, sd_folder):
     assert metrics["w4a8"]["psnr"] < metrics["w8a8"]["psnr"]  # fewer bits, further from float
     saved = json.loads((tmp_path / "qe" / "metrics.json").read_text())
     assert set(saved["configs"]) == {"float", "w8a8", "w4a8"} and (tmp_path / "qe" / "report.md").is_file()
+    page = (tmp_path / "qe" / "report.html").read_text()
+    assert "data:image/png;base64," in page and 'id="metrics"' in page and "Recipe of w4a8" in page
 
     # resume: lose one quantized image; the rerun regenerates it from the saved quantized model, bit for bit
     lost = tmp_path / "qe" / "w4a8" / "p00001-i001.png"
