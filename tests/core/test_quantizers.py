@@ -156,3 +156,39 @@ def test_specs_written_before_dynamic_existed_load_as_they_meant():
     assert torch.allclose(q.scale, w.reshape(-1, 8).abs().amax(dim=1) / 7)
     with pytest.raises(ValueError, match="dynamic=True"):
         Uniform(granularity="token")
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_dynamic_per_token_matches_the_closed_form(symmetric):
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(6)) * torch.tensor([1.0, 30.0])[:, None, None]
+    spec = Uniform(bits=8, symmetric=symmetric, dynamic=True, granularity="token")
+    q = build(spec, ACT)
+    assert q.scale.numel() == 0  # nothing calibrated, nothing stored
+    lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
+    if symmetric:  # torchao's int8 dynamic scheme: absmax / 127 per token
+        s, z, qmin, qmax = torch.maximum(-lo, hi) / 127, torch.zeros_like(lo), -128, 127
+    else:
+        s = (hi - lo) / 255
+        z, qmin, qmax = torch.round(-lo / s), 0, 255
+    expected = (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+    assert torch.allclose(q(x), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="per 'token' or per 'tensor'"):
+        Uniform(dynamic=True, granularity="channel")
+    with pytest.raises(ValueError, match="range"):
+        Uniform(dynamic=True, granularity="token", range="percentile")
+
+
+def test_mse_weight_clipping_matches_a_brute_force_search():
+    from visq.quantizers.uniform import MSE_ALPHAS
+
+    w = torch.distributions.StudentT(2.5).sample((6, 48))
+    q = fitted(Uniform(bits=4, symmetric=True, granularity="channel", range="mse"), w, SiteShape("weight", 6, 0, 48))
+    for row, scale in zip(w, q.scale):
+        best = None
+        for alpha in MSE_ALPHAS:  # every shrink factor, one row at a time
+            s = alpha * float(row.abs().max()) / 7
+            err = float(((torch.clamp(torch.round(row / s), -8, 7) * s - row) ** 2).mean())
+            if best is None or err < best[0]:
+                best = (err, s)
+        assert float(scale) == pytest.approx(best[1], rel=1e-5)
+    assert (q.scale < w.abs().amax(dim=1) / 7).any()  # heavy tails: some rows are clipped

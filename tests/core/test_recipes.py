@@ -20,13 +20,24 @@ def test_grammar_defaults():
     assert recipe.spec_for("blocks.0.attn.probs_quantizer")[1] == Uniform(bits=8)
 
 
+def test_dyn_form_gives_dynamic_per_token_activations():
+    recipe = parse("w8a8-dyn")
+    act = recipe.spec_for("blocks.0.mlp.fc1.input_quantizer")[1]
+    assert act == Uniform(bits=8, dynamic=True, granularity="token")
+    assert recipe.spec_for("blocks.0.attn.probs_quantizer")[1] == act
+    weight = recipe.spec_for("blocks.0.mlp.fc1.weight_quantizer")[1]
+    assert weight == Uniform(bits=8, symmetric=True, granularity="channel")
+    with pytest.raises(ValueError, match="-dyn needs quantized activations"):
+        parse("w8a16-dyn")
+
+
 def test_a16_keeps_activations_float():
     recipe = parse("w8a16")
     assert recipe.spec_for("x.input_quantizer")[1] is None
     assert recipe.spec_for("x.weight_quantizer")[1].bits == 8
 
 
-@pytest.mark.parametrize("text", ["w4a9", "w0a8", "w4a8-g0", "", "int8", "w9a8", "w4a1", "w4a8-g"])
+@pytest.mark.parametrize("text", ["w4a9", "w0a8", "w4a8-g0", "", "int8", "w9a8", "w4a1", "w4a8-g", "w8a8-dyn-g32"])
 def test_bad_strings_raise_listing_forms(text):
     with pytest.raises(ValueError, match="Valid forms: w<W>a<A>") as err:
         parse(text)
