@@ -15,6 +15,7 @@ from visq.deploy.export import export
 from visq.doctor import Diagnosis, doctor
 from visq.finetune import finetune, merge_lora
 from visq.io import load, save
+from visq.personalize import personalize  # the verb; its modules stay importable as visq.personalize.*
 from visq.quantizers import QuantSpec, Uniform
 from visq.recipes import PRESETS, Recipe, Rule
 from visq.timesteps import set_timestep
@@ -38,6 +39,7 @@ __all__ = [
     "load",
     "merge_lora",
     "observing",
+    "personalize",
     "quant_state",
     "quantize",
     "save",

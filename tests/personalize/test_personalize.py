@@ -1,0 +1,121 @@
+"""visq.personalize on a tiny quantized Stable Diffusion: untouched pipeline, no graph, save/load, exact resume."""
+
+import copy
+import functools
+
+import pytest
+import torch
+
+import visq
+from visq.personalize import PersonalizeSettings, TextualInversionTask, personalize
+from visq.personalize.api import token_added
+from visq.testing import tiny_sd
+
+TOKEN = "<new>"
+PROMPTS = ["a <new> on a green background, top left", "a <new> on a red background, center"]
+
+
+@functools.lru_cache(maxsize=1)
+def _quantized():
+    # built once per session (the tokenizer takes seconds to build); each test takes a deep copy
+    return visq.quantize(tiny_sd(), "w8a8", calib=["a red circle", "a blue square"], progress=False,
+                         calib_options={"num_inference_steps": 2})
+
+
+def _pipe():
+    return copy.deepcopy(_quantized())
+
+
+def _images():
+    return torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _state(pipe):
+    return {f"{name}.{k}": v.clone() for name in ("text_encoder", "unet", "vae")
+            for k, v in getattr(pipe, name).state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["zo", "backprop"])
+def test_pipeline_is_bit_identical_after_a_run(method):
+    pipe = _pipe()
+    before, n_tokens = _state(pipe), len(pipe.tokenizer)
+    flags = [p.requires_grad for p in pipe.text_encoder.parameters()]
+    settings = PersonalizeSettings(tau=2, init_word="red") if method == "zo" else \
+        PersonalizeSettings.backprop(init_word="red")
+    result = personalize(pipe, _images(), TOKEN, PROMPTS, settings=settings, steps=4, load=False, progress=False)
+    after = _state(pipe)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert len(pipe.tokenizer) == n_tokens and flags == [p.requires_grad for p in pipe.text_encoder.parameters()]
+    red = pipe.tokenizer("red", add_special_tokens=False).input_ids[0]
+    init = pipe.text_encoder.get_input_embeddings().weight[red]
+    assert result.embedding.shape == init.shape and not torch.equal(result.embedding, init.detach())
+
+
+def _saved_tensors_during_step(method: str) -> tuple[int, torch.Tensor]:
+    pipe = _pipe()
+    settings = PersonalizeSettings(init_word="red")
+    settings = settings if method == "zo" else PersonalizeSettings.backprop(init_word="red")
+    saved = []
+    with token_added(pipe, TOKEN):
+        task = TextualInversionTask(pipe, _images(), PROMPTS, TOKEN, settings)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+            out = task.step(0, torch.Generator().manual_seed(0))
+        task.close()
+    return len(saved), out.loss
+
+
+def test_zo_step_builds_no_graph_and_fills_grad():
+    n_saved, loss = _saved_tensors_during_step("zo")
+    assert n_saved == 0 and loss.grad_fn is None and loss.dtype == torch.float32
+    n_saved_bp, loss_bp = _saved_tensors_during_step("backprop")
+    assert n_saved_bp > 0 and loss_bp.grad_fn is not None  # the check above can fail
+
+
+def test_saved_embedding_loads_into_a_fresh_pipeline(tmp_path):
+    pipe = _pipe()
+    result = personalize(pipe, _images(), TOKEN, PROMPTS, settings=PersonalizeSettings(init_word="red"), steps=3,
+                         out_dir=tmp_path, checkpoint_every=2, progress=False)
+    assert result.path == tmp_path / "learned_embeds.safetensors" and result.path.exists()
+
+    def sample(p):
+        with torch.no_grad():
+            return p(PROMPTS[0], num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                     output_type="pt").images
+
+    fresh = _pipe()
+    fresh.load_textual_inversion(str(result.path))
+    row = fresh.text_encoder.get_input_embeddings().weight[fresh.tokenizer.convert_tokens_to_ids(TOKEN)]
+    assert torch.equal(row.detach(), result.embedding)
+    assert torch.equal(sample(pipe), sample(fresh))
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    settings = PersonalizeSettings(tau=3, init_word="red")  # the subspace refreshes at steps 3 and 6
+    kwargs = dict(settings=settings, steps=7, checkpoint_every=2, eval_every=5, load=False, progress=False)
+    whole = personalize(_pipe(), _images(), TOKEN, PROMPTS, out_dir=tmp_path / "a", evaluate=lambda p: {}, **kwargs)
+
+    def kill(p):
+        raise _Killed
+
+    pipe = _pipe()
+    with pytest.raises(_Killed):  # dies after step 5, before that step's checkpoint: resumes from step 4
+        personalize(pipe, _images(), TOKEN, PROMPTS, out_dir=tmp_path / "b", evaluate=kill, **kwargs)
+    assert TOKEN not in pipe.tokenizer.get_vocab()  # the failed run left the pipeline clean
+    resumed = personalize(pipe, _images(), TOKEN, PROMPTS, out_dir=tmp_path / "b", evaluate=lambda p: {}, **kwargs)
+    assert torch.equal(whole.embedding, resumed.embedding)
+
+
+def test_bad_input_errors():
+    pipe = _pipe()
+    with pytest.raises(ValueError, match="contain the token"):
+        personalize(pipe, _images(), TOKEN, ["a red circle", "a blue square"], steps=1, progress=False)
+    with pytest.raises(ValueError, match="one prompt per image"):
+        personalize(pipe, _images(), TOKEN, PROMPTS[:1], steps=1, progress=False)
+    with pytest.raises(ValueError, match="already in the tokenizer"):
+        personalize(pipe, _images(), "red", ["a red"] * 2, steps=1, progress=False)
+    with pytest.raises(ValueError, match="method"):
+        PersonalizeSettings(method="sgd")
