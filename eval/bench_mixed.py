@@ -1,0 +1,296 @@
+"""Mixed precision from the doctor's sensitivities vs uniform bits, on the zoo ViT and shapes-sd.
+
+    python -m eval.bench_mixed                  # -> eval/results/mixed.md (+ mixed.json, the resumable cell cache)
+    python -m eval.bench_mixed --parts vit      # one model only
+    python -m eval.bench_mixed --readme README.md   # also rewrite the README's mixed-precision block
+
+ViT (``shapes-vit``): ``visq.doctor`` measures every weight and activation site alone at 2/3/4/6/8 bits on the
+calibration images (min-max); ``Diagnosis.mixed`` allocates weights and activations each at a mean of 4.0 and of
+3.5 bits (size-weighted: weight elements, activation elements per image). Each recipe is then quantized with
+min-max and with RepQ-ViT (the best PTQ method of ``eval/results/vit_ptq.md`` at W4A4) and scored by held-out
+top-1. shapes-sd: the doctor measures the weight sites over a short float trajectory; weights get a mean of 4.0
+bits with activations at 8 (min-max ranges), quantized with min-max and with EDA-DM (the best method at W4A8 of
+``eval/results/diffusion_ptq.md``); scored by PSNR of same-seed images against float. Every cell is written to the
+cache as soon as it is measured; a rerun skips finished cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import visq
+from eval import report_html
+from eval.bench_vit import load_cache, save_cache
+from eval.report import replace_block
+from visq.doctor import Diagnosis
+from visq.mixed import mean_bits
+from visq.recipes import Recipe, parse
+from visq.zoo.vit import normalize
+
+OUT = Path(__file__).parent / "results" / "mixed.md"
+WIDTHS = (2, 3, 4, 6, 8)
+BLOCK = "mixed"  # the README block this benchmark writes
+
+
+@dataclass(frozen=True)
+class Config:
+    parts: tuple[str, ...] = ("vit", "sd")
+    seed: int = 0
+    threads: int = 1
+    vit_calib: int = 32
+    vit_eval: int = 1000
+    vit_budgets: tuple[float, ...] = (4.0, 3.5)
+    vit_methods: tuple[str, ...] = ("minmax", "repq")
+    sd_prompts: int = 16
+    sd_calib_prompts: int = 8
+    sd_doctor_prompts: int = 2
+    sd_doctor_steps: int = 10
+    sd_doctor_calls: int = 3
+    sd_steps: int = 20
+    sd_guidance: float = 4.0
+    sd_budget: float = 4.0
+    sd_methods: tuple[str, ...] = ("minmax", "eda")
+    runs: str = "runs/bench_mixed"
+
+
+# -- the ViT ---------------------------------------------------------------------------------------------------------
+def _vit_cells(cfg: Config, cache: dict[str, Any], save) -> None:
+    from eval import bench_vit
+
+    vcfg = bench_vit.Config(eval_n=cfg.vit_eval)
+    data = bench_vit.heldout(vcfg)
+    calib = bench_vit.calibration(cfg.vit_calib, cfg.seed)
+    cell = cache
+    if "float" not in cell:
+        cell["float"] = {"top1": bench_vit.top1(bench_vit.load_vit(vcfg), data)}
+        save()
+    diag = _diagnosis(Path(cfg.runs) / "vit_doctor.json", lambda: visq.doctor(
+        bench_vit.load_vit(vcfg), "w4a4", calib=calib, bits=WIDTHS, eval_data=(normalize(data[0]), data[1]),
+        top_k=5))
+    cell["doctor_seconds"] = diag.seconds
+    recipes: dict[str, Recipe | None] = {"w8a8": None, "w4a4": None, "w3a3": None}
+    for budget in cfg.vit_budgets:
+        recipes[f"mixed-w{budget:g}a{budget:g}"] = diag.mixed(weight_bits=budget, activation_bits=budget)
+    for method in cfg.vit_methods:
+        for name, recipe in recipes.items():
+            key = f"{name}@{method}"
+            if key in cell:
+                continue
+            model = bench_vit.load_vit(vcfg)
+            start = time.perf_counter()
+            visq.quantize(model, recipe if recipe is not None else name, method=method, calib=calib, progress=False)
+            seconds = time.perf_counter() - start
+            visq.freeze(model)
+            cell[key] = {"top1": bench_vit.top1(model, data), "calib_s": seconds, **_bits(diag, recipe, name)}
+            logging.info("vit %s: top-1 %.2f", key, cell[key]["top1"])
+            save()
+    report_html.write(Path(cfg.runs) / "vit_report.html", diag, title="visq doctor: zoo ViT, w4a4 min-max",
+                      mixed=_chosen(diag, recipes[f"mixed-w{cfg.vit_budgets[0]:g}a{cfg.vit_budgets[0]:g}"]))
+
+
+def _diagnosis(path: Path, run) -> Diagnosis:
+    """The cached diagnosis at ``path``, else run it and save it."""
+    if path.is_file():
+        return Diagnosis.load(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    diag = run()
+    diag.save(path)
+    return diag
+
+
+def _chosen(diag: Diagnosis, recipe: Recipe | None) -> dict[str, int]:
+    if recipe is None:
+        return {}
+    return {s.site: recipe.spec_for(s.site)[1].bits for s in diag.sites}
+
+
+def _bits(diag: Diagnosis, recipe: Recipe | None, name: str) -> dict[str, float]:
+    """Size-weighted mean weight / activation bits of the diagnosed sites under ``recipe`` (or a uniform name)."""
+    out = {}
+    for role in ("weight", "activation"):
+        sites = [s for s in diag.sites if s.role == role]
+        if not sites:
+            continue
+        bits = [(recipe or parse(name)).spec_for(s.site)[1].bits for s in sites]
+        out[f"{role}_bits"] = mean_bits([s.size for s in sites], bits)
+    return out
+
+
+# -- shapes-sd -------------------------------------------------------------------------------------------------------
+def _sd_images(pipe: Any, prompts: list[str], cfg: Config) -> torch.Tensor:
+    """uint8 (N, 3, H, W) images, image i from generator seed cfg.seed + i."""
+    out = []
+    for i in range(0, len(prompts), 16):
+        chunk = prompts[i : i + 16]
+        gens = [torch.Generator().manual_seed(cfg.seed + i + k) for k in range(len(chunk))]
+        with torch.no_grad():
+            images = pipe(prompt=chunk, generator=gens, num_inference_steps=cfg.sd_steps,
+                          guidance_scale=cfg.sd_guidance, output_type="np").images
+        out.append(torch.from_numpy((images.clip(0, 1) * 255).round().astype("uint8")).permute(0, 3, 1, 2))
+    return torch.cat(out)
+
+
+def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
+    from eval.fidelity import psnr, ssim
+    from visq import zoo
+    from visq.zoo.shapes import ShapesDataset
+
+    prompts = ShapesDataset("heldout", size=cfg.sd_prompts, seed=cfg.seed + 1).captions
+    calib = ShapesDataset("train", size=cfg.sd_calib_prompts, seed=cfg.seed + 2).captions
+    options = {"num_inference_steps": cfg.sd_steps, "guidance_scale": cfg.sd_guidance}
+    reference = _sd_images(zoo.load("shapes-sd"), prompts, cfg)
+    cell = cache
+    diag = _diagnosis(Path(cfg.runs) / "sd_doctor.json", lambda: visq.doctor(
+        zoo.load("shapes-sd"), "w4a8", calib=calib[: cfg.sd_doctor_prompts], bits=WIDTHS, roles=("weight",),
+        max_calls=cfg.sd_doctor_calls, calib_options={**options, "num_inference_steps": cfg.sd_doctor_steps}))
+    cell["doctor_seconds"], cell["doctor_calls"] = diag.seconds, diag.calls
+    mixed = diag.mixed(weight_bits=cfg.sd_budget)
+    recipes: dict[str, Recipe | None] = {"w8a8": None, "w4a8": None, f"mixed-w{cfg.sd_budget:g}a8": mixed}
+    for method in cfg.sd_methods:
+        for name, recipe in recipes.items():
+            key = f"{name}@{method}"
+            if key in cell:
+                continue
+            pipe = zoo.load("shapes-sd")
+            start = time.perf_counter()
+            visq.quantize(pipe, recipe if recipe is not None else name, method=method, calib=calib,
+                          calib_options=options, progress=False)
+            seconds = time.perf_counter() - start
+            visq.freeze(pipe)
+            images = _sd_images(pipe, prompts, cfg)
+            cell[key] = {"psnr": psnr(images, reference).mean().item(), "ssim": ssim(images, reference).mean().item(),
+                         "calib_s": seconds, **_bits(diag, recipe, name)}
+            logging.info("sd %s: PSNR %.2f", key, cell[key]["psnr"])
+            save()
+    report_html.write(Path(cfg.runs) / "sd_report.html", diag, title="visq doctor: shapes-sd, w4a8 min-max (weights)",
+                      mixed=_chosen(diag, mixed))
+
+
+# -- the results file ------------------------------------------------------------------------------------------------
+def _row(name: str, cells: dict[str, Any], metric: str, methods: tuple[str, ...], fmt: str) -> str:
+    values = [cells.get(f"{name}@{m}", {}).get(metric) for m in methods]
+    any_cell = next((cells[f"{name}@{m}"] for m in methods if f"{name}@{m}" in cells), {})
+    bits = " / ".join(f"{any_cell[k]:.2f}" for k in ("weight_bits", "activation_bits") if k in any_cell)
+    shown = [fmt.format(v) if v is not None else "-" for v in values]
+    return f"| {name} | {bits or '-'} | " + " | ".join(shown) + " |"
+
+
+def _gap_closed(cells: dict[str, Any], metric: str, low: str, high: str, mixed: str) -> str:
+    try:
+        lo, hi, mid = (cells[f"{k}@minmax"][metric] for k in (low, high, mixed))
+    except KeyError:
+        return "not measured yet"
+    return f"{100 * (mid - lo) / (hi - lo):.0f}% of the {low} -> {high} gap (min-max)" if hi != lo else "no gap"
+
+
+def render(cfg: Config, vit: dict[str, Any], sd: dict[str, Any], command: str) -> str:
+    """The markdown results file."""
+    return "\n".join(_header(cfg, command) + tables(cfg, vit, sd)) + "\n"
+
+
+def _header(cfg: Config, command: str) -> list[str]:
+    return ["# Mixed precision from the doctor's sensitivities", "", f"Command: `{command}` (seed {cfg.seed}; "
+             f"{cfg.threads} threads on a shared 2-core CPU, torch {torch.__version__}, {platform.machine()}).", "",
+             "Allocation: `visq.doctor` measures the model-output MSE each quantizer site adds alone at 2/3/4/6/8 "
+             "bits (min-max ranges); `Diagnosis.mixed` picks one width per site minimising the summed MSE under a "
+             "size-weighted mean-bit budget (exact multiple-choice knapsack). The resulting Recipe is quantized "
+             "like any other, with each method. Bits columns: size-weighted mean weight / activation bits of the "
+             "quantized sites (patch embedding, head and host-default float layers stay float in every row)."]
+
+
+def tables(cfg: Config, vit: dict[str, Any], sd: dict[str, Any]) -> list[str]:
+    """The two results tables with their setup lines (also the README block)."""
+    lines: list[str] = []
+    if "float" in vit:
+        methods = cfg.vit_methods
+        lines += ["", "## Zoo ViT (`shapes-vit`), held-out top-1 (%)", "",
+                  f"{cfg.vit_eval} held-out images (`shapes.generate(n, 0, 'heldout', VIT_DATA)`); {cfg.vit_calib} "
+                  f"calibration images from the training split (seed 1000 + {cfg.seed}); the doctor runs on those "
+                  f"same images (w4a4 min-max, {vit.get('doctor_seconds', 0):.0f} s under the load of the time). "
+                  f"Float top-1: {vit['float']['top1']:.2f}.", "",
+                  "| recipe | mean bits W / A | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+        names = ["w8a8", "w4a4"] + [f"mixed-w{b:g}a{b:g}" for b in cfg.vit_budgets] + ["w3a3"]
+        lines += [_row(n, vit, "top1", methods, "{:.2f}") for n in names]
+        lines += ["", "Mixed W+A at a mean of 4.0 bits closes "
+                  + _gap_closed(vit, "top1", "w4a4", "w8a8", "mixed-w4a4") + " (goal: at least 50%)."]
+    if "doctor_seconds" in sd:
+        methods = cfg.sd_methods
+        mixed = f"mixed-w{cfg.sd_budget:g}a8"
+        lines += ["", "## shapes-sd, PSNR (dB) of same-seed images against float", "",
+                  f"{cfg.sd_prompts} held-out captions (`ShapesDataset('heldout', size={cfg.sd_prompts}, seed="
+                  f"{cfg.seed + 1})`), one image each, generator seed {cfg.seed} + i, DDIM {cfg.sd_steps} steps, "
+                  f"guidance {cfg.sd_guidance}; quantization calibrated on {cfg.sd_calib_prompts} training captions "
+                  "with the same sampler. The doctor measures the weight sites only (activations stay at 8 bits) on "
+                  f"{sd.get('doctor_calls', '-')} denoiser calls ({cfg.sd_doctor_prompts} training captions, "
+                  f"{cfg.sd_doctor_steps}-step trajectory, evenly spaced calls; {sd.get('doctor_seconds', 0):.0f} s "
+                  "under the load of the time).", "",
+                  "| recipe | mean bits W / A | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+        lines += [_row(n, sd, "psnr", methods, "{:.2f}") for n in ("w8a8", "w4a8", mixed)]
+        lines += ["", f"Mixed weights at a mean of {cfg.sd_budget:g} bits with A8 close "
+                  + _gap_closed(sd, "psnr", "w4a8", "w8a8", mixed) + " (goal: at least 50%)."]
+    return lines
+
+
+def readme_block(cfg: Config, vit: dict[str, Any], sd: dict[str, Any]) -> str:
+    """The README's mixed-precision block: the tables of ``eval/results/mixed.md`` under their command."""
+    return "\n".join([f"`python -m eval.bench_mixed` (seed {cfg.seed}; details in `eval/results/mixed.md`):",
+                      *tables(cfg, vit, sd)])
+
+
+def main(cfg: Config = Config(), command: str = "python -m eval.bench_mixed", readme: str = "") -> dict[str, Any]:
+    """Run every missing cell, rewriting the part's cache and the table after each; returns the caches.
+
+    Each part has its own cache (``mixed_vit.json``, ``mixed_sd.json``), so the two can run as separate processes.
+    """
+    torch.set_num_threads(cfg.threads)
+    from visq import zoo
+
+    caches = {part: load_cache(OUT.with_name(f"mixed_{part}.json")) for part in ("vit", "sd")}
+    for part, model in (("vit", "shapes-vit"), ("sd", "shapes-sd")):
+        setup = {k: v for k, v in asdict(cfg).items() if k.startswith(part) or k == "seed"}
+        setup = json.loads(json.dumps({**setup, "weights": zoo.fingerprint(model)}))  # JSON: lists, not tuples
+        if part in cfg.parts and caches[part].setdefault("setup", setup) != setup:
+            raise ValueError(f"{OUT.with_name(f'mixed_{part}.json')} holds cells of another setup; delete it (and "
+                             f"{cfg.runs}/{part}_doctor.json) to start afresh")
+
+    def saver(part: str):
+        def save() -> None:
+            save_cache(OUT.with_name(f"mixed_{part}.json"), caches[part])
+            latest = {p: load_cache(OUT.with_name(f"mixed_{p}.json")) for p in ("vit", "sd")}  # the other process's
+            OUT.write_text(render(cfg, latest["vit"], latest["sd"], command))
+        return save
+
+    if "vit" in cfg.parts:
+        _vit_cells(cfg, caches["vit"], saver("vit"))
+    if "sd" in cfg.parts:
+        _sd_cells(cfg, caches["sd"], saver("sd"))
+    if readme:
+        path = Path(readme)
+        latest = {p: load_cache(OUT.with_name(f"mixed_{p}.json")) for p in ("vit", "sd")}
+        path.write_text(replace_block(path.read_text(), BLOCK, readme_block(cfg, latest["vit"], latest["sd"])))
+    return caches
+
+
+def _parse_args(argv: list[str]) -> tuple[Config, str]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", nargs="+", default=list(Config.parts), choices=("vit", "sd"))
+    p.add_argument("--threads", type=int, default=Config.threads)
+    p.add_argument("--readme", default="", help="also rewrite this README's mixed-precision block")
+    a = p.parse_args(argv)
+    return replace(Config(), parts=tuple(a.parts), threads=a.threads), a.readme
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config, readme_path = _parse_args(sys.argv[1:])
+    main(config, " ".join(["python -m eval.bench_mixed", *sys.argv[1:]]), readme_path)
