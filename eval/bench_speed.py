@@ -42,7 +42,7 @@ class Config:
     models: tuple[str, ...] = ("deit-s", "vit-zoo", "unet-zoo")
     rows: tuple[str, ...] = tuple(ROWS)
     repeats: int = 3  # interleaved timed calls per cell (after one warm-up / compile call)
-    threads: int = 2
+    threads: int = 1  # one thread: on a shared, oversubscribed machine two threads mostly wait at OpenMP barriers
     batch: dict[str, int] | None = None  # per model; defaults in BATCH
     quality: bool = True  # top-1 / PSNR cells on the zoo models
     quality_n: int = 8  # shapes-sd prompts for PSNR (x 20 steps); the ViT uses 1000 held-out images

@@ -81,6 +81,9 @@ def render(cache: dict[str, Any], cfg: Any, machine: str) -> str:
     ]
     for model in _models(cache):
         out += [f"## {model}: {MODEL_NOTES[model]}", "", *table(cache, model, list(ROWS)), ""]
+    missing = [f"{m} / {r}" for m in cfg.models for r in cfg.rows if f"{m}|{r}" not in cache]
+    if missing:
+        out += [f"Not measured yet (rerun the command to resume): {', '.join(missing)}.", ""]
     return "\n".join(out)
 
 

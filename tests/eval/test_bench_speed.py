@@ -32,5 +32,6 @@ def test_tables_from_cache():
     assert "| visq export W8A8 compiled | visq | W8A8 static | 50.0 | 12.50 | 2.00x | - | 22.00 | - | 31 |" in text
     assert "fails here: ImportError: Requires mslk" in text
     assert "90.1% (float 90.5%)" in text and "machine was shared" in text
+    assert "Not measured yet (rerun the command to resume): deit-s / bf16" in text
     block = readme_block(cache)
     assert "**deit-s**" in block and "**vit-zoo**" in block and "torchao int4" not in block  # README rows only
