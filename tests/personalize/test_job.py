@@ -1,0 +1,38 @@
+"""pipelines.zo_personalize's data and convergence helpers, and the benchmark's table (no model needed)."""
+
+from eval import bench_personalize as bench
+from pipelines import zo_personalize as job
+
+
+def test_concept_data_holds_out_prompts():
+    data = job.concept_data(job.Config(concept="heart", n_refs=6, n_prompts=8))
+    assert data["refs"].shape == (6, 3, 32, 32) and len(data["prompts"]) == len(data["words"]) == 8
+    assert all(p.startswith(f"a {job.TOKEN} on ") for p in data["ref_prompts"] + data["prompts"])
+    tails = {p.split(" on ", 1)[1] for p in data["ref_prompts"]}
+    assert not tails & {p.split(" on ", 1)[1] for p in data["prompts"]}  # no reference background + position
+    assert all(w == p.replace(job.TOKEN, "large red heart") for w, p in zip(data["words"], data["prompts"]))
+
+
+def test_steps_to_converge():
+    curve = [{"step": 0, "clip_i": 0.5}, {"step": 100, "clip_i": 0.6}, {"step": 200, "clip_i": 0.696},
+             {"step": 300, "clip_i": 0.7}]
+    assert job.steps_to_converge(curve) == 200
+    assert job.steps_to_converge([{"step": 0, "clip_i": 0.5}, {"step": 100, "clip_i": 0.4}]) is None
+
+
+def test_bench_table_and_goals():
+    def cell(ci, ct, peak, memory=True):
+        out = {"reference": {"clip_i": 0.9, "clip_t": 0.3}, "final": {"clip_i": ci, "clip_t": ct},
+               "peak_rss_mb": 900.0}
+        if memory:  # a trained cell
+            out.update(memory={"resident_mb": 10.0, "step_peak_mb": peak, "sec_per_step": 0.5}, steps_to_converge=200)
+        return out
+
+    cells = {"zo": cell(0.76, 0.3, 2.0), "backprop": cell(0.8, 0.3, 20.0), "none": cell(0.6, 0.3, 0, False)}
+    results = {"heart": cells}
+    lines = bench.table(bench.Config(), results)
+    assert lines[2].startswith("| heart | real held-out images (ceiling) | 0.900 |")
+    assert "| 12.0 | 2.00 | 900 | 0.500 | 200 |" in lines[3] and "| - | - | 900 | - | - |" in lines[5]
+    assert lines[-1] == ("- heart: ZO / backprop CLIP-I 0.950, CLIP-T 1.000 (goal >= 0.95); memory backprop / ZO "
+                         "2.50x with the model's tensors, 10.0x for the step alone (goal >= 3x); ZO - no token "
+                         "CLIP-I +0.160")
