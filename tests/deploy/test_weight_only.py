@@ -61,5 +61,8 @@ def test_int8_weight_only_matches_fake_quant():
     y = torch.randn(9, 256)
     with torch.no_grad():
         expected, got = ref(y), out(y)
-    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
-    assert "int8 weight-only (_weight_int8pack_mm)" in visq.summary(out)
+    assert torch.equal(got, expected)  # fp32: dequant + F.linear, the fake-quant arithmetic
+    assert "int8 weight-only (_weight_int8pack_mm for bf16" in visq.summary(out)
+    with torch.no_grad():
+        bf16 = out.to(torch.bfloat16)(y.bfloat16()).float()
+    assert (bf16 - expected).abs().max() <= 0.02 * expected.abs().max()

@@ -17,7 +17,7 @@ from visq.kernels import int4
 class Int8WeightLinear(nn.Module):
     """Exported W8A16 ``nn.Linear``: ``qweight`` (N, K) int8 and ``weight_scale`` (N,), activations float."""
 
-    kernel = "int8 weight-only (_weight_int8pack_mm)"
+    kernel = "int8 weight-only (_weight_int8pack_mm for bf16 activations, else dequant + F.linear)"
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
@@ -37,10 +37,12 @@ class Int8WeightLinear(nn.Module):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        if x.dtype != torch.bfloat16:  # the fused kernel's fp32 path is ~20x slower than dequant + F.linear here
+            return F.linear(x, (self.qweight.float() * self.weight_scale[:, None]).to(x.dtype), bias)
         x2 = x.reshape(-1, self.in_features)
         y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.weight_scale.to(x.dtype))
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
+        y = y + bias if bias is not None else y
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
