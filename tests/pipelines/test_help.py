@@ -9,7 +9,8 @@ import pytest
 from pipelines import _cli
 
 CONFIG_COMMANDS = ["pipelines.quantize_eval", "pipelines.train_clip", "pipelines.train_dit", "pipelines.train_sd",
-                   "pipelines.train_vae", "pipelines.train_vit", "pipelines.zoo_bench", "eval.bench_diffusion"]
+                   "pipelines.train_vae", "pipelines.train_vit", "pipelines.train_judge_clip", "pipelines.zoo_bench",
+                   "pipelines.qsched", "pipelines.vit_qat", "eval.bench_diffusion"]
 
 
 def _undescribed(parser: argparse.ArgumentParser) -> list[str]:
