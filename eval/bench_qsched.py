@@ -12,7 +12,7 @@ PSNR / SSIM to the same-seed float images and the judge CLIP score (the compatib
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class Config:
     seed: int = 0
     reference_n: int = 1000
     inception: bool = True
+    inception_reference_n: int = 1000  # Inception features cost ~100x the judge's on CPU: a smaller set fits a run
+    tune: bool = True  # --no-tune: only assemble what earlier runs tuned (missing searches show as dashes)
     out: str = "runs/bench_qsched"
 
 
@@ -66,6 +68,8 @@ def bench(name: str, steps: int, cfg: Config, clip: Any) -> dict[str, Any]:
     for bits in cfg.bits:
         for search in cfg.searches:
             saved = folder / "qsched" / f"{QuantConfig.parse(bits).name}-qsched-{search}"
+            if not cfg.tune and not (saved / "qsched.json").is_file():
+                continue
             searches[(bits, search)] = (saved, tune_and_save(
                 name, bits, folder / "_models", calib, steps, cfg.guidance, saved, search=search,
                 prompts=cfg.search_prompts, seed=cfg.seed, k=cfg.k, grid_points=cfg.grid_points, rounds=cfg.rounds))
@@ -77,7 +81,7 @@ def bench(name: str, steps: int, cfg: Config, clip: Any) -> dict[str, Any]:
     for config, metrics in results.items():  # keep the Inception FIDs of earlier runs
         metrics.update({k: v for k, v in cached.get(config, {}).items() if k == "fid_inception"})
     if cfg.inception:
-        _inception_fids(name, folder, results, cfg)
+        _inception_fids(name, folder, results, replace(cfg, reference_n=cfg.inception_reference_n))
     done.write_text(json.dumps({"weights": weights_fingerprint(name), "results": results}, indent=1))
     return {"results": results, "searches": {f"{b}|{s}": info for (b, s), (_, info) in searches.items()}}
 
@@ -139,8 +143,9 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
         f"Command: `python -m eval.bench_qsched` (seed {cfg.seed}; DDIM, guidance {cfg.guidance}; evaluation on "
         f"{cfg.prompts} held-out captions x {cfg.per_prompt} images for shapes-sd, {cfg.dit_per_class} images "
         f"per class for shapes-dit; quantizers calibrated on {cfg.calib_prompts} training captions / every class "
-        f"x 4 at the sampling step count; FID references: {cfg.reference_n} held-out real visq-shapes images, "
-        f"large shapes only for shapes-dit). Search: JAQ = mean log judge-CLIP cosine + {cfg.k:g} x mean "
+        f"x 4 at the sampling step count; FID references: held-out real visq-shapes images ({cfg.reference_n} for "
+        f"the judge, {cfg.inception_reference_n} for Inception), large shapes only for shapes-dit). Search: JAQ = "
+        f"mean log judge-CLIP cosine + {cfg.k:g} x mean "
         f"colourfulness on {cfg.search_prompts} training captions (class ids for the DiT), no float images; grid = "
         f"{cfg.grid_points}x{cfg.grid_points} over [0.8, 1.1]^2 plus the identity; coarse = 3x3 grids halving "
         f"around the best {cfg.rounds} times, plus the identity. (m, s) are the first-step c_eps and c_x, ramping "
