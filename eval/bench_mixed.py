@@ -5,12 +5,14 @@
     python -m eval.bench_mixed --readme README.md   # also rewrite the README's mixed-precision block
 
 ViT (``shapes-vit``): ``visq.doctor`` measures every weight and activation site alone at 2/3/4/6/8 bits on the
-calibration images (min-max); ``Diagnosis.mixed`` allocates weights and activations each at a mean of 4.0 and of
-3.5 bits (size-weighted: weight elements, activation elements per image). Each recipe is then quantized with
-min-max and with RepQ-ViT (the best PTQ method of ``eval/results/vit_ptq.md`` at W4A4) and scored by held-out
-top-1. shapes-sd: the doctor measures the weight sites over a short float trajectory; weights get a mean of 4.0
-bits with activations at 8 (min-max ranges), quantized with min-max and with EDA-DM (the best method at W4A8 of
-``eval/results/diffusion_ptq.md``); scored by PSNR of same-seed images against float. Every cell is written to the
+calibration images; ``Diagnosis.mixed`` allocates weights and activations each at a mean of 4.0 and of 3.5 bits
+(size-weighted: weight elements, activation elements per image). Each recipe is then quantized with min-max
+activation ranges and with RepQ-ViT (the best PTQ method of ``eval/results/vit_ptq.md`` at W4A4) and scored by
+held-out top-1. shapes-sd: the doctor measures the weight sites over a short float trajectory; weights get a mean
+of 4.0 bits with activations at 8, quantized with min-max activation ranges and with EDA-DM (the best method at
+W4A8 of ``eval/results/diffusion_ptq.md``); scored by PSNR of same-seed images against float. Every row's weights
+use per-channel ranges with ``Config.weight_range`` clipping (MSE search: the setting these results were measured
+with). Every cell is written to the
 cache as soon as it is measured; a rerun skips finished cells.
 """
 
@@ -33,7 +35,7 @@ from eval import report_html
 from eval.bench_vit import load_cache, save_cache
 from eval.report import replace_block
 from visq.doctor import Diagnosis
-from visq.mixed import mean_bits
+from visq.mixed import is_weight_site, mean_bits
 from visq.recipes import Recipe, parse
 from visq.zoo.vit import normalize
 
@@ -61,6 +63,9 @@ class Config:
     sd_budget: float = 4.0
     sd_methods: tuple[str, ...] = ("minmax", "eda")
     runs: str = "runs/bench_mixed"
+    # weight clipping range of every row (uniform, doctor, mixed): the results were measured with MSE-searched
+    # weight ranges (FQ-ViT's OMSE grid); activations keep min-max (or the method's own rule)
+    weight_range: str = "mse"
 
 
 # -- the ViT ---------------------------------------------------------------------------------------------------------
@@ -75,10 +80,10 @@ def _vit_cells(cfg: Config, cache: dict[str, Any], save) -> None:
         cell["float"] = {"top1": bench_vit.top1(bench_vit.load_vit(vcfg), data)}
         save()
     diag = _diagnosis(Path(cfg.runs) / "vit_doctor.json", lambda: visq.doctor(
-        bench_vit.load_vit(vcfg), "w4a4", calib=calib, bits=WIDTHS, eval_data=(normalize(data[0]), data[1]),
-        top_k=5))
+        bench_vit.load_vit(vcfg), uniform("w4a4", cfg), calib=calib, bits=WIDTHS,
+        eval_data=(normalize(data[0]), data[1]), top_k=5))
     cell["doctor_seconds"] = diag.seconds
-    recipes: dict[str, Recipe | None] = {"w8a8": None, "w4a4": None, "w3a3": None}
+    recipes = {name: uniform(name, cfg) for name in ("w8a8", "w4a4", "w3a3")}
     for budget in cfg.vit_budgets:
         recipes[f"mixed-w{budget:g}a{budget:g}"] = diag.mixed(weight_bits=budget, activation_bits=budget)
     for method in cfg.vit_methods:
@@ -88,10 +93,10 @@ def _vit_cells(cfg: Config, cache: dict[str, Any], save) -> None:
                 continue
             model = bench_vit.load_vit(vcfg)
             start = time.perf_counter()
-            visq.quantize(model, recipe if recipe is not None else name, method=method, calib=calib, progress=False)
+            visq.quantize(model, recipe, method=method, calib=calib, progress=False)
             seconds = time.perf_counter() - start
             visq.freeze(model)
-            cell[key] = {"top1": bench_vit.top1(model, data), "calib_s": seconds, **_bits(diag, recipe, name)}
+            cell[key] = {"top1": bench_vit.top1(model, data), "calib_s": seconds, **_bits(diag, recipe)}
             logging.info("vit %s: top-1 %.2f", key, cell[key]["top1"])
             save()
     report_html.write(Path(cfg.runs) / "vit_report.html", diag, title="visq doctor: zoo ViT, w4a4 min-max",
@@ -108,21 +113,25 @@ def _diagnosis(path: Path, run) -> Diagnosis:
     return diag
 
 
-def _chosen(diag: Diagnosis, recipe: Recipe | None) -> dict[str, int]:
-    if recipe is None:
-        return {}
+def uniform(name: str, cfg: Config) -> Recipe:
+    """The preset ``name`` with the configured weight clipping range on its weight rules."""
+    recipe = parse(name)
+    rules = tuple(replace(r, spec=replace(r.spec, range=cfg.weight_range)) if is_weight_site(r.pattern) else r
+                  for r in recipe.rules)
+    return replace(recipe, rules=rules)
+
+
+def _chosen(diag: Diagnosis, recipe: Recipe) -> dict[str, int]:
     return {s.site: recipe.spec_for(s.site)[1].bits for s in diag.sites}
 
 
-def _bits(diag: Diagnosis, recipe: Recipe | None, name: str) -> dict[str, float]:
-    """Size-weighted mean weight / activation bits of the diagnosed sites under ``recipe`` (or a uniform name)."""
+def _bits(diag: Diagnosis, recipe: Recipe) -> dict[str, float]:
+    """Size-weighted mean weight / activation bits of the diagnosed sites under ``recipe``."""
     out = {}
     for role in ("weight", "activation"):
         sites = [s for s in diag.sites if s.role == role]
-        if not sites:
-            continue
-        bits = [(recipe or parse(name)).spec_for(s.site)[1].bits for s in sites]
-        out[f"{role}_bits"] = mean_bits([s.size for s in sites], bits)
+        if sites:
+            out[f"{role}_bits"] = mean_bits([s.size for s in sites], [recipe.spec_for(s.site)[1].bits for s in sites])
     return out
 
 
@@ -151,11 +160,12 @@ def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
     reference = _sd_images(zoo.load("shapes-sd"), prompts, cfg)
     cell = cache
     diag = _diagnosis(Path(cfg.runs) / "sd_doctor.json", lambda: visq.doctor(
-        zoo.load("shapes-sd"), "w4a8", calib=calib[: cfg.sd_doctor_prompts], bits=WIDTHS, roles=("weight",),
-        max_calls=cfg.sd_doctor_calls, calib_options={**options, "num_inference_steps": cfg.sd_doctor_steps}))
+        zoo.load("shapes-sd"), uniform("w4a8", cfg), calib=calib[: cfg.sd_doctor_prompts], bits=WIDTHS,
+        roles=("weight",), max_calls=cfg.sd_doctor_calls,
+        calib_options={**options, "num_inference_steps": cfg.sd_doctor_steps}))
     cell["doctor_seconds"], cell["doctor_calls"] = diag.seconds, diag.calls
     mixed = diag.mixed(weight_bits=cfg.sd_budget)
-    recipes: dict[str, Recipe | None] = {"w8a8": None, "w4a8": None, f"mixed-w{cfg.sd_budget:g}a8": mixed}
+    recipes = {"w8a8": uniform("w8a8", cfg), "w4a8": uniform("w4a8", cfg), f"mixed-w{cfg.sd_budget:g}a8": mixed}
     for method in cfg.sd_methods:
         for name, recipe in recipes.items():
             key = f"{name}@{method}"
@@ -163,13 +173,13 @@ def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
                 continue
             pipe = zoo.load("shapes-sd")
             start = time.perf_counter()
-            visq.quantize(pipe, recipe if recipe is not None else name, method=method, calib=calib,
+            visq.quantize(pipe, recipe, method=method, calib=calib,
                           calib_options=options, progress=False)
             seconds = time.perf_counter() - start
             visq.freeze(pipe)
             images = _sd_images(pipe, prompts, cfg)
             cell[key] = {"psnr": psnr(images, reference).mean().item(), "ssim": ssim(images, reference).mean().item(),
-                         "calib_s": seconds, **_bits(diag, recipe, name)}
+                         "calib_s": seconds, **_bits(diag, recipe)}
             logging.info("sd %s: PSNR %.2f", key, cell[key]["psnr"])
             save()
     report_html.write(Path(cfg.runs) / "sd_report.html", diag, title="visq doctor: shapes-sd, w4a8 min-max (weights)",
@@ -190,7 +200,7 @@ def _gap_closed(cells: dict[str, Any], metric: str, low: str, high: str, mixed: 
         lo, hi, mid = (cells[f"{k}@minmax"][metric] for k in (low, high, mixed))
     except KeyError:
         return "not measured yet"
-    return f"{100 * (mid - lo) / (hi - lo):.0f}% of the {low} -> {high} gap (min-max)" if hi != lo else "no gap"
+    return f"{100 * (mid - lo) / (hi - lo):.0f}% of the {low} -> {high} gap (column minmax)" if hi != lo else "no gap"
 
 
 def render(cfg: Config, vit: dict[str, Any], sd: dict[str, Any], command: str) -> str:
@@ -202,7 +212,9 @@ def _header(cfg: Config, command: str) -> list[str]:
     return ["# Mixed precision from the doctor's sensitivities", "", f"Command: `{command}` (seed {cfg.seed}; "
              f"{cfg.threads} threads on a shared 2-core CPU, torch {torch.__version__}, {platform.machine()}).", "",
              "Allocation: `visq.doctor` measures the model-output MSE each quantizer site adds alone at 2/3/4/6/8 "
-             "bits (min-max ranges); `Diagnosis.mixed` picks one width per site minimising the summed MSE under a "
+             "bits (column `minmax`: min-max activation ranges; every row's weights, all methods, use per-channel "
+             f"symmetric ranges with `range={cfg.weight_range!r}` clipping, the recipe the doctor diagnosed); "
+             "`Diagnosis.mixed` picks one width per site minimising the summed MSE under a "
              "size-weighted mean-bit budget (exact multiple-choice knapsack). The resulting Recipe is quantized "
              "like any other, with each method. Bits columns: size-weighted mean weight / activation bits of the "
              "quantized sites (patch embedding, head and host-default float layers stay float in every row)."]

@@ -9,7 +9,7 @@ def test_tables_report_the_share_of_the_gap_closed():
            "mixed-w4a4@repq": {"top1": 89.5, "weight_bits": 3.98, "activation_bits": 4.0}}
     sd = {"doctor_seconds": 5.0, "doctor_calls": 3, "w8a8@minmax": {"psnr": 40.0}, "w4a8@minmax": {"psnr": 30.0}}
     text = render(Config(), vit, sd, "python -m eval.bench_mixed")
-    assert "70% of the w4a4 -> w8a8 gap (min-max)" in text
+    assert "70% of the w4a4 -> w8a8 gap (column minmax)" in text
     assert "| mixed-w4a4 | 3.98 / 4.00 | 87.00 | 89.50 |" in text
     assert "| w3a3 | - | - | - |" in text
     assert "not measured yet" in text  # the shapes-sd mixed cell is missing
