@@ -24,7 +24,7 @@ _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;color:#1d1d1f;padding:0 16px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:12.5px}td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
-td:first-child,th:first-child,td.l,th.l{text-align:left}th{background:#f3f4f6;position:sticky;top:0}
+td:first-child,th:first-child,td.l,th.l{text-align:left}td.l{white-space:nowrap}th{background:#f3f4f6;position:sticky;top:0}
 th.sortable{cursor:pointer}th.sortable:after{content:" \\2195";color:#999}code{font-size:12px}
 .scroll{max-height:560px;overflow:auto;border:1px solid #eee}.hists{display:flex;flex-wrap:wrap;gap:14px}
 .card{border:1px solid #e5e5e5;padding:8px;border-radius:6px}.note{color:#555;font-size:12.5px}
