@@ -33,6 +33,9 @@ def test_table_rows_and_gap_closed():
     assert "| 33% / -17% |" in grid and "(0.900, 1.050), 37, 37, 12 |" in grid
     coarse = next(line for line in lines if "Q-Sched coarse" in line)
     assert coarse.startswith("| W4A4 + Q-Sched coarse | - | - |")  # not measured: dashes, never numbers
+    results["w4a4"]["fid"] = 0.9  # quantized already at or below float: no gap to close
+    grid = next(line for line in table("tiny", 4, {"results": results, "searches": {}}, cfg) if "Q-Sched grid" in line)
+    assert "| - / -17% |" in grid
 
 
 def test_readme_table_is_the_measured_one():
