@@ -227,7 +227,7 @@ def tables(cfg: Config, vit: dict[str, Any], sd: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if "float" in vit:
         methods = cfg.vit_methods
-        lines += ["", "## Zoo ViT (`shapes-vit`), held-out top-1 (%)", "",
+        lines += ["", "### Zoo ViT (`shapes-vit`), held-out top-1 (%)", "",
                   f"{cfg.vit_eval} held-out images (`shapes.generate(n, 0, 'heldout', VIT_DATA)`); {cfg.vit_calib} "
                   f"calibration images from the training split (seed 1000 + {cfg.seed}); the doctor runs on those "
                   f"same images (w4a4 min-max, {vit.get('doctor_seconds', 0):.0f} s under the load of the time). "
@@ -240,7 +240,7 @@ def tables(cfg: Config, vit: dict[str, Any], sd: dict[str, Any]) -> list[str]:
     if "doctor_seconds" in sd:
         methods = cfg.sd_methods
         mixed = f"mixed-w{cfg.sd_budget:g}a8"
-        lines += ["", "## shapes-sd, PSNR (dB) of same-seed images against float", "",
+        lines += ["", "### shapes-sd, PSNR (dB) of same-seed images against float", "",
                   f"{cfg.sd_prompts} held-out captions (`ShapesDataset('heldout', size={cfg.sd_prompts}, seed="
                   f"{cfg.seed + 1})`), one image each, generator seed {cfg.seed} + i, DDIM {cfg.sd_steps} steps, "
                   f"guidance {cfg.sd_guidance}; quantization calibrated on {cfg.sd_calib_prompts} training captions "

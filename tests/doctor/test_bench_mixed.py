@@ -13,3 +13,16 @@ def test_tables_report_the_share_of_the_gap_closed():
     assert "| mixed-w4a4 | 3.98 / 4.00 | 87.00 | 89.50 |" in text
     assert "| w3a3 | - | - | - |" in text
     assert "not measured yet" in text  # the shapes-sd mixed cell is missing
+
+
+def test_readme_block_is_the_benchmark_output():
+    from pathlib import Path
+
+    from eval.bench_mixed import BLOCK, OUT, readme_block
+    from eval.bench_vit import load_cache
+    from eval.report import read_block
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    vit, sd = (load_cache(OUT.with_name(f"mixed_{part}.json")) for part in ("vit", "sd"))
+    assert "float" in vit and "w4a8@minmax" in sd  # the committed results
+    assert read_block(readme, BLOCK) == readme_block(Config(), vit, sd).strip()
