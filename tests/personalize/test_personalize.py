@@ -38,13 +38,15 @@ def _state(pipe):
 @pytest.mark.parametrize("method", ["zo", "backprop"])
 def test_pipeline_is_bit_identical_after_a_run(method):
     pipe = _pipe()
-    before, n_tokens = _state(pipe), len(pipe.tokenizer)
+    before, n_tokens, tokenizer, table = _state(pipe), len(pipe.tokenizer), pipe.tokenizer, \
+        pipe.text_encoder.get_input_embeddings()
     flags = [p.requires_grad for p in pipe.text_encoder.parameters()]
     settings = PersonalizeSettings(tau=2, init_word="red") if method == "zo" else \
         PersonalizeSettings.backprop(init_word="red")
     result = personalize(pipe, _images(), TOKEN, PROMPTS, settings=settings, steps=4, load=False, progress=False)
     after = _state(pipe)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert pipe.tokenizer is tokenizer and pipe.text_encoder.get_input_embeddings() is table
     assert len(pipe.tokenizer) == n_tokens and flags == [p.requires_grad for p in pipe.text_encoder.parameters()]
     red = pipe.tokenizer("red", add_special_tokens=False).input_ids[0]
     init = pipe.text_encoder.get_input_embeddings().weight[red]

@@ -10,6 +10,7 @@ and writes ``learned_embeds.safetensors`` there, the format ``pipe.load_textual_
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,17 +53,28 @@ def save_embedding(path: str | Path, token: str, embedding: Tensor) -> Path:
 
 @contextmanager
 def token_added(pipe: Any, token: str) -> Iterator[None]:
-    """Add ``token`` to the tokenizer and a row to the embedding table for the block, then remove both, leaving the
-    pipeline as it was (the row's value does not matter: the task's hook writes the learned token there)."""
+    """Inside the block, the pipeline's tokenizer knows ``token`` and its embedding table has a row for it; on exit
+    the original tokenizer and embedding module are put back (untouched objects, so nothing is left behind).
+
+    The row's value does not matter: the task's hook writes the learned token there. The block works on a copy of
+    the tokenizer because diffusers' ``unload_textual_inversion`` re-parses the whole tokenizer (many seconds).
+    """
     if token in pipe.tokenizer.get_vocab():
         raise ValueError(f"token {token!r} is already in the tokenizer; pick a new one (e.g. '<concept>') or load "
                          "a fresh pipeline")
-    table = pipe.text_encoder.get_input_embeddings()
-    pipe.load_textual_inversion({token: table.weight[0].detach().clone()}, token=token)
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    table, vocab_size = encoder.get_input_embeddings(), encoder.config.vocab_size
+    weight, rows = table.weight.data, table.num_embeddings
+    pipe.tokenizer = copy.deepcopy(tokenizer)
     try:
+        # transformers resizes by giving the module a new, larger tensor; the original tensor is put back on exit
+        pipe.load_textual_inversion({token: weight[0].clone()}, token=token)
         yield
     finally:
-        pipe.unload_textual_inversion(token)
+        pipe.tokenizer = tokenizer
+        table.weight.data, table.num_embeddings = weight, rows
+        encoder.set_input_embeddings(table)
+        encoder.config.vocab_size = vocab_size
 
 
 class _SavingTask(TextualInversionTask):
