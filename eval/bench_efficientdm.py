@@ -52,6 +52,8 @@ class Config:
     act_lr: float = 5e-3
     seed: int = 0
     out: str = "runs/bench_efficientdm"
+    train: bool = True  # --no-train: only evaluate what is trained, add Inception FIDs and write the tables
+    inception: bool = True  # --no-inception: skip the Inception FIDs (minutes of CPU for their reference)
 
 
 def cells(cfg: Config) -> list[tuple[str, str, str]]:
@@ -151,7 +153,8 @@ def report(cfg: Config, bench: BenchConfig) -> list[str]:
              f"(one optimizer step per denoising step; `steps` column = optimizer steps), 2 calibration items per "
              f"trajectory, LoRA lr {cfg.lora_lr:g} x the layer's mean weight step, activation lr {cfg.act_lr:g}, "
              "rank 32 unless stated; train s and peak MB (process RSS) measured on 2 CPU cores shared with other "
-             "jobs (load average 8-14), so times are indicative.", ""]
+             "jobs (load average 8-25), so times are indicative. FID Inception is '-' for cells of a "
+             "`--no-inception` run; cells not listed were not trained.", ""]
     for model in Config().models:
         results, trained = _measured(cfg, model)
         lines += table(model, results, trained, ptq, cfg, bench)
@@ -163,19 +166,41 @@ def _saved(cfg: Config, model: str, bits: str, variant: str) -> Path:
 
 
 def main(cfg: Config = Config()) -> dict[str, Any]:
-    bench = BenchConfig(seed=cfg.seed, out=cfg.out)
+    bench = BenchConfig(seed=cfg.seed, out=cfg.out, inception=False)  # Inception FIDs once at the end (below)
     specs = _specs(bench)
-    for model, bits, variant in cells(cfg):
+    for model, bits, variant in cells(cfg) if cfg.train else []:
         train_cell(model, bits, variant, cfg)
         _, trained = _measured(cfg, model)
         configs = ["float"] + [f"load:{_saved(cfg, model, b, v)}" for b, v in [*trained, (bits, variant)]]
         bench_model(model, replace(specs[model], configs=list(dict.fromkeys(configs))), bench)
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text("\n".join(report(cfg, bench)) + "\n")
+    for model in cfg.models:  # cells trained by an earlier, interrupted run are evaluated here too
+        ready = [(b, v) for _, b, v in cells(replace(cfg, models=(model,)))
+                 if (Path(cfg.out) / model / "train" / _slug(b, v) / "result.json").is_file()]
+        if ready:
+            configs = ["float"] + [f"load:{_saved(cfg, model, b, v)}" for b, v in ready]
+            bench_model(model, replace(specs[model], configs=configs), bench)
+        if cfg.inception:
+            _add_inception(model, cfg, bench)
     lines = report(cfg, bench)
+    OUT.write_text("\n".join(lines) + "\n")
     _write_readme_table(lines[2:], Path(__file__).parent.parent / "README.md", README_START, README_END)
     print("\n".join(lines))
     return {model: _measured(cfg, model)[0] for model in cfg.models}
+
+
+def _add_inception(model: str, cfg: Config, bench: BenchConfig) -> None:
+    """Inception FIDs of every evaluated configuration that lacks one (its 1,000-image reference costs minutes of
+    CPU, so it is computed once per run, not per cell)."""
+    from eval.bench_diffusion import _inception_fids
+
+    done = Path(cfg.out) / model / "metrics_full.json"
+    if not done.is_file():
+        return
+    saved = json.loads(done.read_text())
+    _inception_fids(model, done.parent, saved["results"], replace(bench, inception=True))
+    done.write_text(json.dumps(saved, indent=1))
 
 
 if __name__ == "__main__":
