@@ -79,14 +79,17 @@ BLOCK = "main-job"  # the README block this job writes (eval.report.replace_bloc
 def readme_block(payload: dict[str, Any]) -> str:
     """The README's main-job block (setup line, table, notes) from a ``metrics.json`` payload of this job."""
     metrics, run_spec = payload["configs"], payload["run"]
+    # rows in the order the job ran them (metrics.json stores its keys sorted)
+    order = [c for c in run_spec.get("configs", []) if c in metrics]
+    metrics = {name: metrics[name] for name in order + sorted(set(metrics) - set(order))}
     first = next(iter(metrics.values()))
     setup = (f"Main job, `python -m pipelines.quantize_eval` (model `{run_spec['model']}`, "
              f"{len(run_spec['prompts'])} prompts x {run_spec['per_prompt']} images, seed {run_spec['seed']}, "
              f"{run_spec['gen']['steps']} sampling steps, guidance {run_spec['gen']['guidance']:g}; calibration on "
              f"{len(run_spec['calib'] or [])} training-split captions with the same sampler; FID on "
              f"`{first.get('fid_network', 'none')}` features against {first.get('fid_reference_n', '-')} held-out "
-             f"real images; CLIP score by `{first.get('clip_network', 'none')}`; s / image is indicative only, "
-             "measured on a shared 2-core CPU):")
+             f"real images; CLIP score by `{first.get('clip_network', 'none')}`; s / image depends on the machine and "
+             "its load, indicative only):")
     return "\n".join([setup, "", markdown_table(metrics), "", *[f"- {n}" for n in notes(metrics)]])
 
 
