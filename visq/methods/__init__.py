@@ -2,7 +2,18 @@
 
 # importing registers each method
 from visq.methods import (  # noqa: F401
-    baseline, dgq, dopq, eda, efficientdm, ias, noisyquant, ofq, ptq4vit, qdiff, repq, temporal,
+    baseline,
+    dgq,
+    dopq,
+    eda,
+    efficientdm,
+    ias,
+    noisyquant,
+    ofq,
+    ptq4vit,
+    qdiff,
+    repq,
+    temporal,
 )
 from visq.methods.base import METHODS, Method, get, register
 
