@@ -64,10 +64,10 @@ class Config:
 
 
 def priority(cfg: Config) -> list[tuple[str, str, int]]:
-    """(variant or "ptq:<method>", bits, seed) in run order: the main LSQ-vs-OFQ comparison at W2A2 / W3A3 first,
+    """(variant or "ptq:<method>", bits, seed) in run order: the main LSQ-vs-OFQ comparison at W3A3 / W2A2 first,
     then the fast PTQ methods at W2A2, the ablations at W2A2, the slow PTQ methods, W4A4, then the other seeds."""
     first, rest = cfg.seeds[0], cfg.seeds[1:]
-    main = [(v, b) for b in ("w2a2", "w3a3") for v in ("lsq", "ofq")]
+    main = [(v, b) for b in ("w3a3", "w2a2") for v in ("ofq", "lsq")]
     ablations = [(v, "w2a2") for v in cfg.variants if v.startswith("ofq-")]
     later = [(v, b) for v in cfg.variants for b in cfg.bits if (v, b) not in main + ablations]
     cheap = [m for m in cfg.ptq_methods if m not in SLOW_PTQ]
