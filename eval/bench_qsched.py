@@ -30,11 +30,11 @@ class Config:
     models: tuple[str, ...] = ("shapes-sd", "shapes-dit")
     bits: tuple[str, ...] = ("w4a8", "w4a4")  # recipes (default method: min-max), or <recipe>@<method>
     steps: tuple[int, ...] = (4, 8)
-    searches: tuple[str, ...] = ("grid", "coarse")
+    searches: tuple[str, ...] = ("grid", "coarse")  # grid: the paper's exhaustive grid; coarse: 3x3 box halving
     grid_points: int = 6  # the paper's grid is 10 x 10 over [0.8, 1.1]; 6 x 6 keeps a CPU run affordable
     rounds: int = 2
-    search_prompts: int = 8
-    k: float = 2.0
+    search_prompts: int = 8  # training captions (class ids for the DiT) the search generates for
+    k: float = 2.0  # JAQ weight of the image-quality (colourfulness) term against the CLIP term
     prompts: int = 32
     per_prompt: int = 2
     dit_per_class: int = 12
@@ -46,6 +46,8 @@ class Config:
     inception_reference_n: int = 1000  # Inception features cost ~100x the judge's on CPU: a smaller set fits a run
     tune: bool = True  # --no-tune: only assemble what earlier runs tuned (missing searches show as dashes)
     out: str = "runs/bench_qsched"
+    # results file; its README table sits between <!-- <file stem> table start / end --> markers, where present
+    results: str = str(OUT)
 
 
 def _spec(name: str, steps: int, configs: list[str], cfg: Config) -> RunSpec:
@@ -138,6 +140,17 @@ def _write_readme_table(block: list[str], readme: Path, start: str = README_STAR
     readme.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
 
 
+def _flags(cfg: Config) -> str:
+    """The flags of ``cfg`` that differ from the defaults, as a command line would give them."""
+    default, parts = Config(), []
+    for name in ("models", "bits", "steps", "searches", "grid_points", "out", "results"):
+        value = getattr(cfg, name)
+        if value != getattr(default, name):
+            flag = "--" + name.replace("_", "-")
+            parts.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}")
+    return " ".join(parts)
+
+
 def main(cfg: Config = Config()) -> dict[str, Any]:
     clip = judge_clip()
     measured = {(m, s): bench(m, s, cfg, clip) for m in cfg.models for s in cfg.steps}
@@ -156,12 +169,16 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
         "compatibility term, other captions: not an independent check). Search seconds were measured on 2 CPU "
         "cores shared with other jobs."
     )
+    if cfg.results != str(OUT):
+        header = header.replace("`python -m eval.bench_qsched`", f"`python -m eval.bench_qsched {_flags(cfg)}`")
     lines = ["# Q-Sched: quantization-aware scheduler coefficients on the zoo pipelines", "", header, ""]
     for (model, steps), out in measured.items():
         lines += table(model, steps, out, cfg)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
-    _write_readme_table(lines[2:], Path(__file__).parent.parent / "README.md")
+    results = Path(cfg.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("\n".join(lines) + "\n")
+    _write_readme_table(lines[2:], Path(__file__).parent.parent / "README.md",
+                        f"<!-- {results.stem} table start -->", f"<!-- {results.stem} table end -->")
     print("\n".join(lines))
     return {f"{m}-{s}": out for (m, s), out in measured.items()}
 

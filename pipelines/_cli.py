@@ -41,6 +41,15 @@ GLOSSARY = {
     "progress": "show progress bars",
     "grid_points": "grid points per axis of the grid search",
     "rounds": "box-halving rounds of the coarse search",
+    "models": "zoo pipelines to run (shapes-sd, shapes-dit)",
+    "bits": "recipes, one row / cell each (w4a8, w4a4-dyn, ...; <recipe>@<method> picks a method)",
+    "recipe": "quantization recipe (w8a8, w4a8, w4a16-g64, ...)",
+    "prompts": "held-out captions evaluated (shapes-sd)",
+    "per_prompt": "images per caption",
+    "dit_per_class": "images per class (shapes-dit)",
+    "calib_prompts": "training-split captions (or class ids x 4) used to calibrate the quantizers",
+    "reference_n": "real held-out images in the judge-CLIP FID reference",
+    "inception": "also compute Inception FIDs (minutes of CPU for their reference; --no-inception skips them)",
 }
 
 
