@@ -22,7 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,8 +183,6 @@ def _quality(model: str, row: Row, obj: Any, reference: Any, cfg: Config) -> dic
         data = heldout(VitConfig())
         target = obj if row.dtype == torch.float32 else _Cast(obj, row.dtype)
         return {"top1": top1(target, data), "top1_float": top1(reference, data)}
-    if row.dtype != torch.float32:
-        return {"quality_note": "bf16 UNet inside the fp32 pipeline: not measured"}
     from eval.fidelity import psnr
     from visq.zoo.shapes import ShapesDataset
 
@@ -194,7 +193,38 @@ def _quality(model: str, row: Row, obj: Any, reference: Any, cfg: Config) -> dic
         return pipe(prompts, num_inference_steps=SD_STEPS, guidance_scale=SD_GUIDANCE, generator=gens,
                     output_type="pt").images
 
-    return {"psnr": float(psnr(images(obj), images(reference)).mean())}
+    with _cast_unet(obj.unet, row.dtype):
+        quantized = images(obj)
+    return {"psnr": float(psnr(quantized, images(reference)).mean())}
+
+
+@contextmanager
+def _cast_unet(unet: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """Run a ``dtype`` UNet inside the fp32 pipeline: float inputs cast to ``dtype``, outputs back to fp32."""
+    if dtype == torch.float32:
+        yield
+        return
+
+    def cast(x: Any, to: torch.dtype) -> Any:
+        return x.to(to) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+    def before(_: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return tuple(cast(a, dtype) for a in args), {k: cast(v, dtype) for k, v in kwargs.items()}
+
+    def after(_: Any, __: Any, out: Any) -> Any:
+        if isinstance(out, torch.Tensor):
+            return cast(out, torch.float32)
+        if isinstance(out, tuple):
+            return tuple(cast(o, torch.float32) for o in out)
+        out.sample = cast(out.sample, torch.float32)
+        return out
+
+    handles = [unet.register_forward_pre_hook(before, with_kwargs=True), unet.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 class _Cast(torch.nn.Module):
@@ -271,6 +301,7 @@ def _parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--threads", type=int, default=Config.threads, help="torch threads")
     p.add_argument("--no-quality", action="store_true", help="skip the top-1 / PSNR cells")
     p.add_argument("--fresh", action="store_true", help="ignore the cache and remeasure every cell")
+    p.add_argument("--write-only", action="store_true", help="rewrite the results file and README from the cache")
     p.add_argument("--cell", nargs=2, metavar=("MODEL", "ROW"), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -288,5 +319,7 @@ if __name__ == "__main__":
     if args.cell:
         out = measure(args.cell[0], ROWS[args.cell[1]], config)
         print("CELL " + json.dumps(out))
+    elif args.write_only:
+        _write(config, json.loads(Path(config.cache).read_text()))
     else:
         main(config, fresh=args.fresh)

@@ -16,7 +16,7 @@ MODEL_NOTES = {
 }
 README_ROWS = ("fp32", "bf16", "visq fake-quant W8A8", "visq export W8A8", "visq export W8A8 compiled",
                "torchao int8 dynamic", "torchao int8 dynamic compiled", "quanto W8A8",
-               "visq export W4A16-g128 bf16", "quanto W4 weight-only bf16")
+               "visq export W4A16-g128 bf16", "torchao int4 weight-only bf16", "quanto W4 weight-only bf16")
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -52,6 +52,42 @@ def table(cache: dict[str, Any], model: str, rows: tuple[str, ...] | list[str]) 
     return lines
 
 
+def _score(cell: dict[str, Any] | None) -> float | None:
+    """The quality number of a measured cell (top-1 % or PSNR dB; higher is better), else None."""
+    if not cell or "error" in cell:
+        return None
+    return cell.get("top1", cell.get("psnr"))
+
+
+def goal_table(cache: dict[str, Any], model: str) -> list[str]:
+    """Issue 18's quality goal on one zoo model: each visq row against the best torchao / quanto row of the same
+    scheme and activation dtype (at equal scope); empty when no visq row has a peer with a measured quality."""
+    lines = []
+    for name, row in ROWS.items():
+        mine = _score(cache.get(f"{model}|{name}"))
+        if row.library != "visq" or mine is None:
+            continue
+        peers = {p: _score(cache.get(f"{model}|{p}")) for p, r in ROWS.items()
+                 if r.library in ("torchao", "quanto") and (r.scheme, r.dtype) == (row.scheme, row.dtype)}
+        peers = {p: v for p, v in peers.items() if v is not None}
+        if not peers:
+            continue
+        best = max(peers, key=peers.__getitem__)
+        verdict = "met" if mine >= peers[best] else "missed"
+        lines.append(f"| {name} | {row.scheme} | {mine:.2f} | {best} | {peers[best]:.2f} | "
+                     f"{mine - peers[best]:+.2f} | {verdict} |")
+    if not lines:
+        return []
+    unit = "top-1 %" if model == "vit-zoo" else "PSNR dB"
+    return [f"| visq row | scheme | visq {unit} | best peer row | peer {unit} | difference | goal |",
+            "|---|---|---|---|---|---|---|", *lines]
+
+
+def notes() -> list[str]:
+    """What the rows whose scheme name is not enough quantize exactly."""
+    return [f"- **{name}**: {row.note}." for name, row in ROWS.items() if row.note]
+
+
 def _models(cache: dict[str, Any]) -> list[str]:
     return [m for m in MODEL_NOTES if any(k.startswith(f"{m}|") for k in cache)]
 
@@ -78,10 +114,25 @@ def render(cache: dict[str, Any], cfg: Any, machine: str) -> str:
         "for visq rows; the state dict with safetensors (fp32 / bf16) or `torch.save` (torchao / quanto tensor "
         "subclasses) otherwise.",
         "",
+        "Rows whose scheme needs more words. 4-bit grouping: optimum-quanto 0.2.7 groups a layer with K inputs per "
+        "output channel only when K > 128 (groups of 128, stepping down by 32 until one divides K) and quantizes it "
+        "per output channel otherwise, so the zoo ViT's 96-wide and the zoo UNet's 64- and 128-wide layers are per "
+        "channel and the 256- to 512-wide ones grouped by 128; every 4-bit row below uses that grouping except "
+        "torchao's, whose kernels take groups of 32 to 256 only.",
+        "",
+        *notes(),
+        "",
+        "Quality goal (issue 18): every visq row at least as good as the best torchao / quanto row of the same "
+        "scheme and activation dtype, on the zoo models (tables after each zoo model's rows).",
+        "",
     ]
     for model in _models(cache):
         out += [f"## {model}: {MODEL_NOTES[model]}", "", *table(cache, model, list(ROWS)), ""]
-    missing = [f"{m} / {r}" for m in cfg.models for r in cfg.rows if f"{m}|{r}" not in cache]
+        goal = goal_table(cache, model)
+        if goal:
+            out += [f"Quality goal on {model}:", "", *goal, ""]
+    models = [m for m in MODEL_NOTES if m in cfg.models or m in _models(cache)]  # this run's and earlier runs'
+    missing = [f"{m} / {r}" for m in models for r in ROWS if f"{m}|{r}" not in cache]
     if missing:
         out += [f"Not measured yet (rerun the command to resume): {', '.join(missing)}.", ""]
     return "\n".join(out)
@@ -94,4 +145,7 @@ def readme_block(cache: dict[str, Any]) -> str:
            "speed-up)."]
     for model in _models(cache):
         out += ["", f"**{model}** ({MODEL_NOTES[model]})", "", *table(cache, model, README_ROWS)]
+        goal = goal_table(cache, model)
+        if goal:
+            out += ["", f"Quality goal on {model} (visq vs the best peer row of the same scheme):", "", *goal]
     return "\n".join(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,8 +29,11 @@ class Row:
     scheme: str
     compiled: bool = False
     dtype: torch.dtype = torch.float32
+    note: str = ""  # the exact quantizers (grouping, symmetry, layers left float) where the scheme is not enough
 
 
+W4_GROUPS = ("quanto's grouping (per channel when K <= 128, else groups of 128 or the largest of 96 / 64 / 32 "
+             "dividing K)")
 ROWS = {r.name: r for r in [
     Row("fp32", "torch", "float"),
     Row("bf16", "torch", "float", dtype=torch.bfloat16),
@@ -39,19 +42,47 @@ ROWS = {r.name: r for r in [
     Row("visq export W8A8 compiled", "visq", "W8A8 static", compiled=True),
     Row("visq export W8A8-dyn", "visq", "W8A8 dynamic per-token"),
     Row("visq export W8A16", "visq", "W8 weight-only"),
-    Row("visq export W4A16-g128 bf16", "visq", "W4 weight-only", dtype=torch.bfloat16),
+    Row("visq export W4A16", "visq", "W4 weight-only",
+        note="visq's default `w4a16`: symmetric per output channel, min-max range"),
+    Row("visq export W4A8", "visq", "W4A8 static",
+        note="visq's default `w4a8`: symmetric per-channel 4-bit weights, static per-tensor 8-bit activations"),
+    Row("visq export W4A16-g128 bf16", "visq", "W4 weight-only", dtype=torch.bfloat16,
+        note=f"`w4a16` weights (symmetric, min-max) in {W4_GROUPS}: the quanto W4 rows' grouping"),
     Row("torchao int8 dynamic", "torchao", "W8A8 dynamic per-token"),
     Row("torchao int8 dynamic compiled", "torchao", "W8A8 dynamic per-token", compiled=True),
     Row("torchao int8 weight-only", "torchao", "W8 weight-only"),
     Row("torchao int8 weight-only compiled", "torchao", "W8 weight-only", compiled=True),
-    Row("torchao int4 weight-only bf16", "torchao", "W4 weight-only", dtype=torch.bfloat16),
+    Row("torchao int4 weight-only bf16", "torchao", "W4 weight-only", dtype=torch.bfloat16,
+        note="asymmetric groups of 128, else the largest of 64 / 32 dividing K (torchao's group sizes; its default "
+             "of 128 alone would leave narrower layers float); CPU: `PrototypeInt4WeightOnlyConfig` (tinygemm CPU "
+             "kernel), since the default `Int4WeightOnlyConfig` needs the CUDA-only mslk"),
     Row("quanto W8A8", "quanto", "W8A8 static"),
     Row("quanto W8 weight-only", "quanto", "W8 weight-only"),
-    Row("quanto W4 weight-only bf16", "quanto", "W4 weight-only", dtype=torch.bfloat16),
+    Row("quanto W4 weight-only", "quanto", "W4 weight-only",
+        note=f"quanto's default qint4: asymmetric min-max, {W4_GROUPS}"),
+    Row("quanto W4A8", "quanto", "W4A8 static",
+        note="qint4 weights as in the quanto W4 rows, qint8 activations calibrated static per tensor"),
+    Row("quanto W4 weight-only bf16", "quanto", "W4 weight-only", dtype=torch.bfloat16,
+        note=f"quanto's default qint4: asymmetric min-max, {W4_GROUPS}"),
 ]}
 VISQ_RECIPES = {"visq fake-quant W8A8": "w8a8", "visq export W8A8": "w8a8", "visq export W8A8 compiled": "w8a8",
-                "visq export W8A8-dyn": "w8a8-dyn", "visq export W8A16": "w8a16",
-                "visq export W4A16-g128 bf16": "w4a16-g128"}
+                "visq export W8A8-dyn": "w8a8-dyn", "visq export W8A16": "w8a16", "visq export W4A16": "w4a16",
+                "visq export W4A8": "w4a8", "visq export W4A16-g128 bf16": "w4a16"}
+PEER_GROUPED = {"visq export W4A16-g128 bf16"}  # visq rows grouped per layer as quanto groups (quanto_group)
+
+
+def quanto_group(k: int) -> int | None:
+    """The weight group size optimum-quanto 0.2.7 gives a 2/4-bit layer with ``k`` inputs per output channel
+    (``QModuleMixin.__init__``): 128, stepping down by 32 to the first that divides ``k``; per channel (None)
+    when ``k <= 128`` or nothing divides."""
+    if k <= 128:
+        return None
+    return next((g for g in (128, 96, 64, 32) if k % g == 0), None)
+
+
+def torchao_group(k: int) -> int | None:
+    """The largest int4 group size torchao's kernels accept (128, 64, 32) that divides ``k``; None: none does."""
+    return next((g for g in (128, 64, 32) if k % g == 0), None)
 
 
 def linear_scope(model: nn.Module) -> list[str]:
@@ -61,11 +92,20 @@ def linear_scope(model: nn.Module) -> list[str]:
             if type(m) is nn.Linear and not any(fnmatch.fnmatchcase(p, r.pattern) for r in rules)]
 
 
-def scoped_recipe(text: str, scope: list[str]) -> Recipe:
-    """``text``'s weight and input specs on exactly the ``scope`` linears; every other site float."""
+def scoped_recipe(text: str, scope: list[str], groups: dict[str, int | None] | None = None) -> Recipe:
+    """``text``'s weight and input specs on exactly the ``scope`` linears; every other site float. ``groups``
+    (path -> group size, None = per channel) overrides the weight grouping layer by layer."""
     base = parse(text)
     weight, act = base.spec_for("x.weight_quantizer")[1], base.spec_for("x.input_quantizer")[1]
-    rules = [r for p in scope for r in (Rule(f"{p}.weight_quantizer", weight), Rule(f"{p}.input_quantizer", act))]
+
+    def weight_for(path: str) -> Any:
+        if groups is None:
+            return weight
+        g = groups[path]
+        return replace(weight, granularity="group" if g else "channel", group_size=g or 0)
+
+    rules = [r for p in scope
+             for r in (Rule(f"{p}.weight_quantizer", weight_for(p)), Rule(f"{p}.input_quantizer", act))]
     return Recipe((*rules, Rule("*", None, optional=True)), name=f"{text} (linears)")
 
 
@@ -75,8 +115,10 @@ def apply(row: Row, obj: Any, calib: Any, calib_options: dict[str, Any], forward
     model = hosts.detect(obj).target(obj)
     scope = linear_scope(model)
     if row.library == "visq":
-        visq.quantize(obj, scoped_recipe(VISQ_RECIPES[row.name], scope), calib=calib, calib_options=calib_options,
-                      progress=False)
+        modules = dict(model.named_modules())
+        groups = {p: quanto_group(modules[p].in_features) for p in scope} if row.name in PEER_GROUPED else None
+        visq.quantize(obj, scoped_recipe(VISQ_RECIPES[row.name], scope, groups), calib=calib,
+                      calib_options=calib_options, progress=False)
         visq.freeze(obj)
         if "export" in row.name:
             visq.export(obj, compile=row.compiled)
@@ -90,20 +132,34 @@ def apply(row: Row, obj: Any, calib: Any, calib_options: dict[str, Any], forward
 
 
 def _torchao(row: Row, model: nn.Module, scope: set[str]) -> None:
-    from torchao.quantization import (
-        Int4WeightOnlyConfig,
-        Int8DynamicActivationInt8WeightConfig,
-        Int8WeightOnlyConfig,
-        quantize_,
-    )
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
 
     if row.dtype != torch.float32:
         model.to(row.dtype)
-    config = {"W8A8 dynamic per-token": Int8DynamicActivationInt8WeightConfig(), "W8 weight-only":
-              Int8WeightOnlyConfig(), "W4 weight-only": Int4WeightOnlyConfig(group_size=128)}[row.scheme]
-    quantize_(model, config, filter_fn=lambda m, fqn: fqn in scope)
+    if row.scheme == "W4 weight-only":
+        _torchao_int4(model, scope)
+    else:
+        config = {"W8A8 dynamic per-token": Int8DynamicActivationInt8WeightConfig(),
+                  "W8 weight-only": Int8WeightOnlyConfig()}[row.scheme]
+        quantize_(model, config, filter_fn=lambda m, fqn: fqn in scope)
     if row.compiled:
         model.compile()
+
+
+def _torchao_int4(model: nn.Module, scope: set[str]) -> None:
+    """torchao int4 weight-only, one ``quantize_`` per group size so every scoped layer is quantized."""
+    from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+    from torchao.quantization import Int4WeightOnlyConfig, quantize_
+
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    modules = dict(model.named_modules())
+    groups = {p: torchao_group(modules[p].in_features) for p in scope}
+    if None in groups.values():
+        bad = sorted(p for p, g in groups.items() if g is None)
+        raise ValueError(f"torchao int4: no group size of 128 / 64 / 32 divides the inputs of {bad[:3]}")
+    for g in sorted(set(groups.values())):
+        config = PrototypeInt4WeightOnlyConfig(group_size=g) if on_cpu else Int4WeightOnlyConfig(group_size=g)
+        quantize_(model, config, filter_fn=lambda m, fqn, g=g: groups.get(fqn) == g)
 
 
 def _quanto(row: Row, model: nn.Module, scope: list[str], forward: Callable[[], Any]) -> None:
@@ -112,7 +168,7 @@ def _quanto(row: Row, model: nn.Module, scope: list[str], forward: Callable[[], 
     if row.dtype != torch.float32:
         model.to(row.dtype)
     weights = qint4 if row.scheme.startswith("W4") else qint8
-    activations = qint8 if row.scheme.startswith("W8A8") else None
+    activations = qint8 if "A8" in row.scheme.split()[0] else None
     quantize(model, weights=weights, activations=activations, include=scope)
     if activations is not None:
         with torch.no_grad(), Calibration():

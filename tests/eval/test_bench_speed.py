@@ -1,12 +1,23 @@
 """eval.bench_speed's equal-scope recipe and its tables (from a cell cache; no timing here)."""
 
+import pytest
 import torch
 
 import visq
-from eval.bench_speed import Config
-from eval.speed_report import readme_block, render
-from eval.speed_rows import linear_scope, scoped_recipe
+from eval.bench_speed import Config, _cast_unet
+from eval.speed_report import goal_table, readme_block, render
+from eval.speed_rows import ROWS, apply, linear_scope, quanto_group, scoped_recipe
+from visq.deploy.weight_only import Int4Linear
 from visq.testing import tiny_vit
+
+
+def _wide_vit() -> torch.nn.Module:
+    """96-wide blocks (the zoo ViT's width) with a 384-wide MLP: per channel and grouped under quanto's rule."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=96,
+                             depth=1, num_heads=2, mlp_ratio=4, num_classes=10).eval()
 
 
 def test_scope_is_the_hosts_linears_and_visq_quantizes_exactly_those():
@@ -34,4 +45,51 @@ def test_tables_from_cache():
     assert "90.1% (float 90.5%)" in text and "machine was shared" in text
     assert "Not measured yet (rerun the command to resume): deit-s / bf16" in text
     block = readme_block(cache)
-    assert "**deit-s**" in block and "**vit-zoo**" in block and "torchao int4" not in block  # README rows only
+    assert "**deit-s**" in block and "**vit-zoo**" in block and "quanto W8 weight-only" not in block  # README rows
+
+
+def test_quanto_group_rule_matches_the_installed_quanto():
+    assert [quanto_group(k) for k in (64, 96, 128, 160, 384, 320, 200)] == [None, None, None, 32, 128, 64, None]
+    quanto = pytest.importorskip("optimum.quanto")
+    for k in (64, 96, 128, 160, 384, 320, 200):
+        layer = quanto.nn.QLinear(k, 16, weights=quanto.qint4)
+        assert layer.weight_group_size == quanto_group(k), k
+
+
+def test_grouped_w4_row_uses_quantos_grouping_per_layer():
+    model = _wide_vit()
+    x = torch.randn(2, 3, 32, 32)
+    apply(ROWS["visq export W4A16-g128 bf16"], model, x, {}, lambda: None)  # 96-wide inputs: no group of 128
+    layers = {p: m for p, m in model.named_modules() if isinstance(m, Int4Linear)}
+    assert layers["blocks.0.mlp.fc2"].group_size == 128 and layers["blocks.0.attn.qkv"].group_size == 96
+    assert len(layers) == 4 and model(x.bfloat16()).isfinite().all()
+
+
+def test_torchao_int4_row_quantizes_every_scoped_layer():
+    pytest.importorskip("torchao")
+    model = _wide_vit()
+    apply(ROWS["torchao int4 weight-only bf16"], model, None, {}, lambda: None)
+    modules = dict(model.named_modules())
+    assert all(type(modules[p].weight).__name__ != "Parameter" for p in linear_scope(_wide_vit()))
+    assert model(torch.randn(2, 3, 32, 32).bfloat16()).isfinite().all()
+
+
+def test_goal_table_compares_same_scheme_and_dtype():
+    cell = {"ms": 1.0, "fp32_ms": 1.0, "speedup": 1.0, "batch": 1, "top1_float": 90.0}
+    cache = {"vit-zoo|visq export W4A16": {**cell, "top1": 89.0},
+             "vit-zoo|quanto W4 weight-only": {**cell, "top1": 89.5},
+             "vit-zoo|quanto W4 weight-only bf16": {**cell, "top1": 80.0},  # other dtype: not a peer of the fp32 row
+             "vit-zoo|visq export W8A8": {**cell, "top1": 90.0}, "vit-zoo|quanto W8A8": {**cell, "top1": 90.0}}
+    lines = goal_table(cache, "vit-zoo")
+    assert "| visq export W4A16 | W4 weight-only | 89.00 | quanto W4 weight-only | 89.50 | -0.50 | missed |" in lines
+    assert "| visq export W8A8 | W8A8 static | 90.00 | quanto W8A8 | 90.00 | +0.00 | met |" in lines
+    assert len(lines) == 4
+
+
+def test_cast_unet_runs_a_bf16_module_on_fp32_inputs():
+    net = torch.nn.Linear(4, 4).bfloat16()
+    with _cast_unet(net, torch.bfloat16):
+        out = net(torch.randn(2, 4))
+    assert out.dtype == torch.float32
+    with pytest.raises(RuntimeError):  # hooks gone after the block
+        net(torch.randn(2, 4))
