@@ -4,8 +4,10 @@
     python -m eval.bench_personalize --concepts heart ring
 
 Each (concept, method) cell is ``python -m pipelines.zo_personalize`` in a separate process (peak RSS is per
-process), on the W8A8 zoo ``shapes-sd``. Writes ``eval/results/personalize.md``, one grid per concept
-(references, then each method's images of the held-out prompts) and the README table between its markers.
+process) writing ``<out>/<recipe>/<concept>/<method>/result.json``, on the zoo ``shapes-sd`` with W8A16 weights
+(ZOODiP's setting: weights only; ``--recipe w8a8`` shows why). Writes ``eval/results/personalize.md``, one grid
+per concept (references, then each method's images of the held-out prompts) and the README table between its
+markers.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class Config:
 
     concepts: tuple[str, ...] = ("heart",)
     methods: tuple[str, ...] = ("zo", "backprop", "none")
-    recipe: str = "w8a8"
+    recipe: str = "w8a16"  # ZOODiP quantizes weights only (see pipelines.zo_personalize)
     steps: int = 300
     lr: float = 5e-3  # ZOODiP's paper value (its script: 1e-2), for both methods
     batch: int = 1
@@ -45,9 +47,14 @@ class Config:
     readme: str = "README.md"  # empty: leave the README alone
 
 
+def cell_root(cfg: Config) -> Path:
+    """The cells' folder: one per recipe, so runs of two recipes never share cells."""
+    return Path(cfg.out) / cfg.recipe
+
+
 def _cell_args(cfg: Config, concept: str, method: str) -> list[str]:
     own = {f.name for f in fields(job.Config)}
-    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in own}
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in own} | {"out": cell_root(cfg)}
     args = ["--concept", concept, "--method", method, "--no-progress"]
     for name, value in values.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
@@ -55,13 +62,11 @@ def _cell_args(cfg: Config, concept: str, method: str) -> list[str]:
 
 
 def run_cell(cfg: Config, concept: str, method: str) -> dict[str, Any]:
-    """The cell's ``result.json``, running the job in a fresh process if it is missing."""
-    file = Path(cfg.out) / concept / method / "result.json"
-    if not file.exists():
-        cmd = [sys.executable, "-m", "pipelines.zo_personalize", *_cell_args(cfg, concept, method)]
-        log.info("running %s", " ".join(cmd))
-        subprocess.run(cmd, check=True)
-    return json.loads(file.read_text())
+    """The cell's ``result.json``, running the job in a fresh process (it checks a finished cell's settings)."""
+    cmd = [sys.executable, "-m", "pipelines.zo_personalize", *_cell_args(cfg, concept, method)]
+    log.info("running %s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    return json.loads((cell_root(cfg) / concept / method / "result.json").read_text())
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -114,11 +119,11 @@ def write_grid(cfg: Config, concept: str, cells: dict[str, dict]) -> Path:
     from eval.report import grid
 
     data = job.concept_data(job.Config(concept=concept))
-    rows = [data["refs"].float() / 255] + [torch.load(Path(cfg.out) / concept / m / "images.pt") for m in cells]
+    rows = [data["refs"].float() / 255] + [torch.load(cell_root(cfg) / concept / m / "images.pt") for m in cells]
     width = max(len(r) for r in rows)
     images = [to_pil_image(r[i]) if i < len(r) else to_pil_image(torch.ones(3, 32, 32))
               for r in rows for i in range(width)]
-    path = Path(cfg.results).with_name(f"personalize_{concept}.png")
+    path = Path(cfg.results).with_name(f"{Path(cfg.results).stem}_{concept}.png")
     grid(images, columns=width, scale=3).save(path)
     return path
 
@@ -136,7 +141,9 @@ def report(cfg: Config, results: dict[str, dict[str, dict]]) -> str:
         "images each, 8 held-out prompts (background + position pairs not among the references).",
         f"Both trained methods: {cfg.steps} steps, batch {cfg.batch}, Adam lr {cfg.lr} constant, the same "
         "initialisation word. ZO: n = 2, mu = 1e-3, code normalisation, Subspace Gradient tau = 128, nu = 1e-3, PUTS "
-        "t in [500, 900), Adam eps 1e-3. Backprop: t in [0, 1000), Adam eps 1e-8.",
+        "t in [500, 900), Adam eps 1e-3. Backprop: t in [0, 1000), Adam eps 1e-8. ZOODiP quantizes weights only; "
+        "with activation quantizers (`--recipe w8a8`) a difference at mu = 1e-3 measures their rounding jumps "
+        "rather than the loss slope (`tests/personalize/test_personalize.py`).",
         "CLIP-I: judge-CLIP cosine between generated and reference images (mean over all pairs); CLIP-T: judge-CLIP "
         "cosine between each image and its prompt with the token written as the concept's words (the judge never "
         "saw these shape words, so CLIP-T mostly reads background and position). Memory: peak tensor memory of 4 "

@@ -1,13 +1,14 @@
 """Personalize the quantized zoo text-to-image pipeline with a concept it never saw, and judge the result.
 
-    python -m pipelines.zo_personalize                                  # ZOODiP on a red heart, W8A8 shapes-sd
+    python -m pipelines.zo_personalize                                  # ZOODiP on a red heart, W8A16 shapes-sd
     python -m pipelines.zo_personalize --method backprop                # classic textual inversion, same pipeline
     python -m pipelines.zo_personalize --method none                    # no token: the concept's name in words
 
-The concept is a held-out visq-shapes shape (``visq.zoo.shapes.NOVEL_SHAPES``) in one colour, large. ``n_refs``
-reference images (held-out split, seed 0) each get their own caption with the concept's words replaced by the
-token. Held-out prompts (seed 1, background + position pairs not among the references) are generated from once
-per prompt (DDIM 20 steps, guidance 4, image i seeded ``seed + i``) and judged with the judge CLIP:
+The default recipe is W8A16, ZOODiP's setting (INT8 weights, float activations). The concept is a held-out
+visq-shapes shape (``visq.zoo.shapes.NOVEL_SHAPES``) in one colour, large. ``n_refs`` reference images (held-out
+split, seed 0) each get their own caption with the concept's words replaced by the token. Held-out prompts (seed 1,
+background + position pairs not among the references) are generated from once per prompt (DDIM 20 steps,
+guidance 4, image i seeded ``seed + i``) and judged with the judge CLIP:
 
 - CLIP-I: mean cosine between each generated image and each reference image;
 - CLIP-T: mean cosine between each generated image and its prompt with the token written as the concept's words.
@@ -15,7 +16,7 @@ per prompt (DDIM 20 steps, guidance 4, image i seeded ``seed + i``) and judged w
 Memory: the peak tensor memory of ``memory_steps`` training steps (optimizer included), traced through torch's
 allocator events (``eval.memory.traced_peak_mb``, the same for every method), plus the pipeline's resident
 tensors, and the process's peak RSS. ``out/<concept>/<method>/result.json`` holds everything; rerunning resumes
-the training run and skips finished results.
+the training run and skips finished results (measured with the same settings; other settings are an error).
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class Config:
 
     concept: str = "heart"  # a key of CONCEPTS
     method: str = "zo"  # zo | backprop | none
-    recipe: str = "w8a8"  # quantization of shapes-sd's UNet (visq.quantize)
+    # quantization of shapes-sd's UNet (visq.quantize); ZOODiP quantizes weights only: with activation quantizers
+    # a difference at mu = 1e-3 measures rounding jumps, not the loss slope
+    recipe: str = "w8a16"
     n_calib: int = 16  # training-split captions used to calibrate
     steps: int = 400
     batch: int = 1
@@ -151,7 +154,7 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
     out = Path(cfg.out) / cfg.concept / cfg.method
     out.mkdir(parents=True, exist_ok=True)
     if (out / "result.json").exists():
-        return json.loads((out / "result.json").read_text())
+        return _finished(out / "result.json", cfg)
     torch.manual_seed(cfg.seed)
     pipe, data, judge = _pipeline(cfg), concept_data(cfg), load("judge-clip")
 
@@ -178,6 +181,22 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
     result.update(final=final, peak_rss_mb=peak_memory_mb())
     (out / "result.json").write_text(json.dumps(result, indent=1))
     log.info("%s / %s: %s", cfg.concept, cfg.method, final)
+    return result
+
+
+# fields that do not change a cell's result
+_IGNORED = ("out", "progress")
+
+
+def _finished(file: Path, cfg: Config) -> dict[str, Any]:
+    """The finished cell's result, if it was measured with ``cfg``'s settings."""
+    result = json.loads(file.read_text())
+    stored = {k: v for k, v in result["config"].items() if k not in _IGNORED}
+    wanted = {k: v for k, v in asdict(cfg).items() if k not in _IGNORED}
+    if stored != wanted:
+        diff = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+        raise ValueError(f"{file} was measured with other settings (stored, wanted): {diff}; pass another --out "
+                         "or delete that folder to measure again")
     return result
 
 

@@ -1,5 +1,10 @@
 """pipelines.zo_personalize's data and convergence helpers, and the benchmark's table (no model needed)."""
 
+import dataclasses
+import json
+
+import pytest
+
 from eval import bench_personalize as bench
 from pipelines import zo_personalize as job
 
@@ -36,3 +41,16 @@ def test_bench_table_and_goals():
     assert lines[-1] == ("- heart: ZO / backprop CLIP-I 0.950, CLIP-T 1.000 (goal >= 0.95); memory backprop / ZO "
                          "2.50x with the model's tensors, 10.0x for the step alone (goal >= 3x); ZO - no token "
                          "CLIP-I +0.160")
+
+
+def test_finished_cell_is_reused_only_with_the_same_settings(tmp_path):
+    cfg = job.Config(out=str(tmp_path), steps=300)
+    cell = tmp_path / "heart" / "zo"
+    cell.mkdir(parents=True)
+    (cell / "result.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "final": {"clip_i": 0.5}}))
+    moved = dataclasses.replace(cfg, progress=False)  # where and how it is shown do not change a result
+    assert job.main(moved)["final"] == {"clip_i": 0.5}
+    with pytest.raises(ValueError, match="other settings.*'steps': \\(300, 400\\)"):
+        job.main(dataclasses.replace(cfg, steps=400))
+    with pytest.raises(ValueError, match="recipe"):
+        job.main(dataclasses.replace(cfg, recipe="w8a8"))

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from visq.personalize.subspace import SubspaceProjector
 from visq.personalize.timesteps import sample_timesteps
 from visq.personalize.zo import ZOSettings, estimate
+from visq.quantizers import Quantizer
 from visq.train import StepOutput, TrainTask
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,11 @@ class TextualInversionTask(TrainTask):
         self.latents = _encode(pipe, images.to(device))
         self.subspace = SubspaceProjector(self.token.weight.numel(), settings.tau, settings.nu) if (
             settings.method == "zo" and settings.tau) else None
+        if settings.method == "zo" and (n := activation_quantizers(pipe)):
+            logger.warning(
+                "%d activation quantizers in the pipeline: a zeroth-order difference at mu=%g mostly measures their "
+                "rounding jumps, not the loss slope (ZOODiP quantizes weights only); use a weight-only recipe such "
+                "as 'w8a16' or the backprop baseline", n, settings.mu)
         self._digest = hashlib.sha256(images.cpu().float().numpy().tobytes() + "|".join(prompts).encode()).hexdigest()
 
     def _pipe_modules(self) -> dict[str, nn.Module]:
@@ -195,6 +201,12 @@ class TextualInversionTask(TrainTask):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.subspace is not None:
             self.subspace.load_state_dict(state["subspace"])
+
+
+def activation_quantizers(pipe: Any) -> int:
+    """Quantizers of the pipeline's modules other than weight quantizers (activations, attention sites)."""
+    return sum(isinstance(m, Quantizer) and not name.endswith("weight_quantizer")
+               for part in ("text_encoder", "unet", "vae") for name, m in getattr(pipe, part).named_modules())
 
 
 @torch.no_grad()
