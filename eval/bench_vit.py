@@ -52,6 +52,7 @@ class Config:
     out: str = "eval/results/vit_ptq.md"
     model_dir: str = ""  # load the ViT from here instead of the shipped zoo weights
     calib_size: dict[str, int] = field(default_factory=lambda: dict(CALIB_SIZE))
+    run: bool = True  # False: only rebuild the table from the cache (missing cells show as dashes / seed counts)
 
 
 def cell_key(method: str, bits: str, seed: int) -> str:
@@ -131,7 +132,8 @@ def render(cfg: Config, cache: dict[str, Any], command: str) -> str:
         f"Reconstruction (ias, dopq) shortened for CPU: {RECON['iters']} iterations per block and stage, batch "
         f"{RECON['batch_size']} (papers: 1000 / 200 iterations, batch 64, 1024 images). dopq's TanQ is the "
         "[RECON] tangent companding quantizer, not the paper's (unpublished) formula.",
-        f"Machine: {platform.machine()}, torch {torch.__version__}, {cfg.threads} thread(s), CPU.",
+        f"Machine: {platform.machine()}, torch {torch.__version__}, {cfg.threads} thread(s), CPU; calibration "
+        "times depend on the machine's load (other jobs shared its 2 cores), so compare them within a run only.",
         "",
     ]
     lines.append(f"Float top-1: {_float_cell(cache)}")
@@ -169,10 +171,10 @@ def main(cfg: Config = Config(), command: str = "python -m eval.bench_vit") -> d
     if cache.setdefault("setup", setup) != setup:
         raise ValueError(f"{cache_path} holds cells of another setup ({cache['setup']}); use another --out")
     data = heldout(cfg)
-    if "float" not in cache:
+    if "float" not in cache and cfg.run:
         cache["float"] = {"top1": top1(load_vit(cfg), data)}
         save_cache(cache_path, cache)
-    for method in cfg.methods:
+    for method in cfg.methods if cfg.run else ():
         for bits in cfg.bits:
             for seed in cfg.seeds:
                 key = cell_key(method, bits, seed)
@@ -195,13 +197,18 @@ def _parse(argv: list[str]) -> Config:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default="eval/results/vit_ptq.md", help="results table (a cache sits next to it)")
     p.add_argument("--model-dir", default="", help="ViT weights folder (default: the shipped shapes-vit)")
+    p.add_argument("--no-run", dest="run", action="store_false",
+                   help="only rebuild the table from the cache (cells not measured yet show as dashes / seed counts)")
     a = p.parse_args(argv)
-    return Config(tuple(a.methods), tuple(a.bits), tuple(a.seeds), a.eval_n, a.threads, a.out, a.model_dir)
+    return Config(tuple(a.methods), tuple(a.bits), tuple(a.seeds), a.eval_n, a.threads, a.out, a.model_dir,
+                  run=a.run)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        main(_parse(sys.argv[1:]), " ".join(["python -m eval.bench_vit", *sys.argv[1:]]))
+        # --no-run only re-renders: the cells come from the command without it
+        flags = [a for a in sys.argv[1:] if a != "--no-run"]
+        main(_parse(sys.argv[1:]), " ".join(["python -m eval.bench_vit", *flags]))
     except FileNotFoundError as err:
         sys.exit(f"bench_vit: {err}")
