@@ -127,7 +127,7 @@ def measure(model: str, row: Row, cfg: Config) -> dict[str, Any]:
     subject = build(model, batch, cfg.seed)
     start = time.perf_counter()
     obj = apply(row, subject.obj, subject.calib, subject.calib_options, lambda: subject.calib_forward(subject.obj))
-    result: dict[str, Any] = {"prepare_s": time.perf_counter() - start, "batch": batch}
+    result: dict[str, Any] = {"prepare_s": time.perf_counter() - start, "batch": batch, "cpu": cpu()}
     with torch.no_grad():
         start = time.perf_counter()
         subject.call(obj, row.dtype)
@@ -143,6 +143,18 @@ def measure(model: str, row: Row, cfg: Config) -> dict[str, Any]:
     if cfg.quality and model in ("vit-zoo", "unet-zoo"):
         result.update(_quality(model, row, obj, reference.obj, cfg))
     return result
+
+
+def cpu() -> str:
+    """The CPU's model name and its widest matmul instruction sets: bf16 and int8 kernels (and so every speed-up
+    here) depend on them, so cells measured on different machines are labelled apart."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                platform.processor() or platform.machine())
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    isa = [f for f in ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
+           if f in flags]
+    return f"{name} ({', '.join(isa) or 'no AVX2'})"
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:

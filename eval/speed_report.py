@@ -31,23 +31,38 @@ def _quality(cell: dict[str, Any]) -> str:
     return cell.get("quality_note", "-")
 
 
+UNRECORDED = "not recorded (cells from before the CPU was recorded)"
+
+
+def machines(cache: dict[str, Any]) -> dict[str, str]:
+    """CPU description -> short label (M1, M2, ...), in order of first appearance in the cache."""
+    cpus = dict.fromkeys(cell.get("cpu", UNRECORDED) for cell in cache.values() if "error" not in cell)
+    return {c: f"M{i + 1}" for i, c in enumerate(cpus)}
+
+
+def machine_lines(cache: dict[str, Any]) -> list[str]:
+    """The legend of the machine column."""
+    return [f"- **{label}**: {cpu}" for cpu, label in machines(cache).items()]
+
+
 def table(cache: dict[str, Any], model: str, rows: tuple[str, ...] | list[str]) -> list[str]:
     """One model's table: a line per row that has a cell in the cache."""
+    labels = machines(cache)
     lines = ["| row | library | scheme | ms / batch | ms / image | speed-up vs fp32 | peak RSS MiB | checkpoint MiB "
-             "| quality | compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| quality | compile s | machine |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in rows:
         cell = cache.get(f"{model}|{name}")
         if cell is None:
             continue
         row = ROWS[name]
         if "error" in cell:
-            lines.append(f"| {name} | {row.library} | {row.scheme} | fails here: {cell['error']} | | | | | | |")
+            lines.append(f"| {name} | {row.library} | {row.scheme} | fails here: {cell['error']} | | | | | | | |")
             continue
         lines.append(
             f"| {name} | {row.library} | {row.scheme} | {_num(cell['ms'], '{:.1f}')} | "
             f"{_num(cell['ms'] / cell['batch'], '{:.2f}')} | {_num(cell['speedup'], '{:.2f}x')} | "
             f"{_num(cell.get('peak_rss_mb'), '{:.0f}')} | {_num(cell.get('checkpoint_mb'), '{:.2f}')} | "
-            f"{_quality(cell)} | {_num(cell.get('compile_s'), '{:.0f}')} |"
+            f"{_quality(cell)} | {_num(cell.get('compile_s'), '{:.0f}')} | {labels[cell.get('cpu', UNRECORDED)]} |"
         )
     return lines
 
@@ -103,7 +118,11 @@ def render(cache: dict[str, Any], cfg: Any, machine: str) -> str:
         "same background load.",
         "",
         f"Machine: {machine}. **The machine was shared with other agents' jobs while this ran (2 cores, load "
-        "average well above 2), so absolute times are slow and noisy; read the interleaved speed-up column.**",
+        "average well above 2), so absolute times are slow and noisy; read the interleaved speed-up column.** "
+        "Cells were measured in several sessions, not always on the same CPU; bf16 and int8 kernels depend on the "
+        "CPU's instruction sets, so compare speed-ups only between rows of the same machine (last column):",
+        "",
+        *machine_lines(cache),
         "",
         "Scope (equal in every row): the `nn.Linear` layers visq's host quantizes (ViT: all block linears, not the "
         "patch embedding or the head; UNet: all linears except time / class embeddings). Convolutions and the "
@@ -142,7 +161,8 @@ def readme_block(cache: dict[str, Any]) -> str:
     """The README's speed table (written by the same command as the results file)."""
     out = ["Written by `python -m eval.bench_speed` (full table, memory and method notes: "
            "[eval/results/speed.md](eval/results/speed.md); shared, loaded 2-core CPU: read the interleaved "
-           "speed-up)."]
+           "speed-up; compare speed-ups within one machine: " +
+           "; ".join(f"{label} = {cpu}" for cpu, label in machines(cache).items()) + ")."]
     for model in _models(cache):
         out += ["", f"**{model}** ({MODEL_NOTES[model]})", "", *table(cache, model, README_ROWS)]
         goal = goal_table(cache, model)

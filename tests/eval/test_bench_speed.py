@@ -34,13 +34,15 @@ def test_tables_from_cache():
         "deit-s|fp32": {"ms": 100.0, "fp32_ms": 100.0, "speedup": 1.0, "batch": 4, "peak_rss_mb": 900,
                         "checkpoint_mb": 84.0},
         "deit-s|visq export W8A8 compiled": {"ms": 50.0, "fp32_ms": 100.0, "speedup": 2.0, "batch": 4,
-                                             "checkpoint_mb": 22.0, "compile_s": 31.0},
+                                             "checkpoint_mb": 22.0, "compile_s": 31.0, "cpu": "CPU X (avx2)"},
         "deit-s|torchao int4 weight-only bf16": {"error": "ImportError: Requires mslk >= 1.0.0"},
         "vit-zoo|quanto W8A8": {"ms": 8.0, "fp32_ms": 10.0, "speedup": 1.25, "batch": 64, "top1": 90.1,
                                 "top1_float": 90.5},
     }
     text = render(cache, Config(), "test machine")
-    assert "| visq export W8A8 compiled | visq | W8A8 static | 50.0 | 12.50 | 2.00x | - | 22.00 | - | 31 |" in text
+    row = "| visq export W8A8 compiled | visq | W8A8 static | 50.0 | 12.50 | 2.00x | - | 22.00 | - | 31 | M2 |"
+    assert row in text
+    assert "- **M1**: not recorded" in text and "- **M2**: CPU X (avx2)" in text
     assert "fails here: ImportError: Requires mslk" in text
     assert "90.1% (float 90.5%)" in text and "machine was shared" in text
     assert "Not measured yet (rerun the command to resume): deit-s / bf16" in text
