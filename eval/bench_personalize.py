@@ -37,6 +37,7 @@ class Config:
     methods: tuple[str, ...] = ("zo", "backprop", "none")
     recipe: str = "w8a16"  # ZOODiP quantizes weights only (see pipelines.zo_personalize)
     steps: int = 300
+    zo_steps: int = 0  # ZO's steps (0: --steps); ZOODiP trains 30,000 steps where TI trains a few thousand
     lr: float = 5e-3  # ZOODiP's paper value (its script: 1e-2), for both methods
     batch: int = 1
     n_calib: int = 8
@@ -47,14 +48,20 @@ class Config:
     readme: str = "README.md"  # empty: leave the README alone
 
 
-def cell_root(cfg: Config) -> Path:
-    """The cells' folder: one per recipe, so runs of two recipes never share cells."""
-    return Path(cfg.out) / cfg.recipe
+def method_steps(cfg: Config, method: str) -> int:
+    """Training steps of ``method``'s cells."""
+    return cfg.zo_steps if method == "zo" and cfg.zo_steps else cfg.steps
+
+
+def cell_root(cfg: Config, method: str) -> Path:
+    """The folder of ``method``'s cells: one per recipe and step count, so runs of other settings never collide."""
+    return Path(cfg.out) / f"{cfg.recipe}_{method_steps(cfg, method)}steps"
 
 
 def _cell_args(cfg: Config, concept: str, method: str) -> list[str]:
     own = {f.name for f in fields(job.Config)}
-    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in own} | {"out": cell_root(cfg)}
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in own}
+    values |= {"out": cell_root(cfg, method), "steps": method_steps(cfg, method)}
     args = ["--concept", concept, "--method", method, "--no-progress"]
     for name, value in values.items():
         args += [f"--{name.replace('_', '-')}", str(value)]
@@ -66,7 +73,7 @@ def run_cell(cfg: Config, concept: str, method: str) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pipelines.zo_personalize", *_cell_args(cfg, concept, method)]
     log.info("running %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
-    return json.loads((cell_root(cfg) / concept / method / "result.json").read_text())
+    return json.loads((cell_root(cfg, method) / concept / method / "result.json").read_text())
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -75,17 +82,19 @@ def _fmt(value: Any, spec: str) -> str:
 
 def table(cfg: Config, results: dict[str, dict[str, dict]]) -> list[str]:
     """The markdown table and goal lines of every concept."""
-    lines = ["| concept | method | CLIP-I | CLIP-T | peak tensor MiB (model + step) | step peak MiB | peak RSS MiB "
-             "| s / step | steps to converge |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| concept | method | steps | CLIP-I | CLIP-T | peak tensor MiB (model + step) | step peak MiB "
+             "| peak RSS MiB | s / step | steps to converge |", "|---|---|---|---|---|---|---|---|---|---|"]
     for concept, cells in results.items():
         ref = next(iter(cells.values()))["reference"]
-        lines.append(f"| {concept} | real held-out images (ceiling) | {ref['clip_i']:.3f} | {ref['clip_t']:.3f} "
+        lines.append(f"| {concept} | real held-out images (ceiling) | - | {ref['clip_i']:.3f} | {ref['clip_t']:.3f} "
                      "| - | - | - | - | - |")
         for method, r in cells.items():
             mem = r.get("memory", {})
             total = mem["resident_mb"] + mem["step_peak_mb"] if mem else None
+            steps = r["config"]["steps"] if mem else None
             lines.append(
-                f"| {concept} | {LABELS[method]} | {r['final']['clip_i']:.3f} | {r['final']['clip_t']:.3f} "
+                f"| {concept} | {LABELS[method]} | {_fmt(steps, 'd')} | {r['final']['clip_i']:.3f} "
+                f"| {r['final']['clip_t']:.3f} "
                 f"| {_fmt(total, '.1f')} | {_fmt(mem.get('step_peak_mb'), '.2f')} | {r['peak_rss_mb']:.0f} "
                 f"| {_fmt(mem.get('sec_per_step'), '.3f')} | {_fmt(r.get('steps_to_converge'), 'd')} |")
     lines += ["", *goals(results)]
@@ -119,7 +128,8 @@ def write_grid(cfg: Config, concept: str, cells: dict[str, dict]) -> Path:
     from eval.report import grid
 
     data = job.concept_data(job.Config(concept=concept))
-    rows = [data["refs"].float() / 255] + [torch.load(cell_root(cfg) / concept / m / "images.pt") for m in cells]
+    rows = [data["refs"].float() / 255] + [torch.load(cell_root(cfg, m) / concept / m / "images.pt")
+                                           for m in cells]
     width = max(len(r) for r in rows)
     images = [to_pil_image(r[i]) if i < len(r) else to_pil_image(torch.ones(3, 32, 32))
               for r in rows for i in range(width)]
@@ -128,22 +138,28 @@ def write_grid(cfg: Config, concept: str, cells: dict[str, dict]) -> Path:
     return path
 
 
+def command(cfg: Config) -> str:
+    """The command line that measures ``cfg`` (the settings that change results)."""
+    shown = ("concepts", "steps", "lr", "recipe") + (("zo_steps",) if cfg.zo_steps else ())
+    return "python -m eval.bench_personalize " + " ".join(
+        f"--{f.name.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for f in fields(cfg) for v in [getattr(cfg, f.name)] if f.name in shown)
+
+
 def report(cfg: Config, results: dict[str, dict[str, dict]]) -> str:
     """``eval/results/personalize.md``."""
-    cmd = "python -m eval.bench_personalize " + " ".join(
-        f"--{f.name.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
-        for f in fields(cfg) for v in [getattr(cfg, f.name)] if f.name in ("concepts", "steps", "lr", "recipe"))
+    cmd = command(cfg)
     lines = [
         "# Zeroth-order personalization of the quantized zoo pipeline", "",
         f"Command: `{cmd}` (seed {cfg.seed}). Model: zoo `shapes-sd`, UNet quantized {cfg.recipe.upper()} "
         f"(`visq.quantize`, {cfg.n_calib} training captions x 10 steps of calibration; text encoder and VAE float). "
         "Concepts: held-out visq-shapes shapes no zoo model saw (`visq.zoo.shapes.generate_novel`), 6 reference "
         "images each, 8 held-out prompts (background + position pairs not among the references).",
-        f"Both trained methods: {cfg.steps} steps, batch {cfg.batch}, Adam lr {cfg.lr} constant, the same "
-        "initialisation word. ZO: n = 2, mu = 1e-3, code normalisation, Subspace Gradient tau = 128, nu = 1e-3, PUTS "
-        "t in [500, 900), Adam eps 1e-3. Backprop: t in [0, 1000), Adam eps 1e-8. ZOODiP quantizes weights only; "
-        "with activation quantizers (`--recipe w8a8`) a difference at mu = 1e-3 measures their rounding jumps "
-        "rather than the loss slope (`tests/personalize/test_personalize.py`).",
+        f"Backprop {cfg.steps} steps, ZO {method_steps(cfg, 'zo')} steps; both batch {cfg.batch}, Adam lr {cfg.lr} "
+        "constant, the same initialisation word. ZO: n = 2, mu = 1e-3, code normalisation, Subspace Gradient "
+        "tau = 128, nu = 1e-3, PUTS t in [500, 900), Adam eps 1e-3. Backprop: t in [0, 1000), Adam eps 1e-8. "
+        "ZOODiP quantizes weights only; with activation quantizers (`--recipe w8a8`) a difference at mu = 1e-3 "
+        "measures their rounding jumps rather than the loss slope (`tests/personalize/test_personalize.py`).",
         "CLIP-I: judge-CLIP cosine between generated and reference images (mean over all pairs); CLIP-T: judge-CLIP "
         "cosine between each image and its prompt with the token written as the concept's words (the judge never "
         "saw these shape words, so CLIP-T mostly reads background and position). Memory: peak tensor memory of 4 "
@@ -173,8 +189,8 @@ def write_readme(cfg: Config, results: dict[str, dict[str, dict]]) -> None:
         raise ValueError(f"{path} lacks the markers {MARK_START} / {MARK_END}")
     head, rest = text.split(MARK_START, 1)
     _, tail = rest.split(MARK_END, 1)
-    block = [f"Written by `python -m eval.bench_personalize` ({cfg.steps} steps, {cfg.recipe.upper()} shapes-sd, "
-             f"seed {cfg.seed}; details and grids: [{cfg.results}]({cfg.results})).", "", *table(cfg, results)]
+    block = [f"Written by `{command(cfg)}` ({cfg.recipe.upper()} shapes-sd, seed {cfg.seed}; details and grids: "
+             f"[{cfg.results}]({cfg.results})).", "", *table(cfg, results)]
     path.write_text(head + MARK_START + "\n" + "\n".join(block) + "\n" + MARK_END + tail)
 
 

@@ -28,7 +28,7 @@ def test_steps_to_converge():
 def test_bench_table_and_goals():
     def cell(ci, ct, peak, memory=True):
         out = {"reference": {"clip_i": 0.9, "clip_t": 0.3}, "final": {"clip_i": ci, "clip_t": ct},
-               "peak_rss_mb": 900.0}
+               "peak_rss_mb": 900.0, "config": {"steps": 300}}
         if memory:  # a trained cell
             out.update(memory={"resident_mb": 10.0, "step_peak_mb": peak, "sec_per_step": 0.5}, steps_to_converge=200)
         return out
@@ -36,8 +36,10 @@ def test_bench_table_and_goals():
     cells = {"zo": cell(0.76, 0.3, 2.0), "backprop": cell(0.8, 0.3, 20.0), "none": cell(0.6, 0.3, 0, False)}
     results = {"heart": cells}
     lines = bench.table(bench.Config(), results)
-    assert lines[2].startswith("| heart | real held-out images (ceiling) | 0.900 |")
-    assert "| 12.0 | 2.00 | 900 | 0.500 | 200 |" in lines[3] and "| - | - | 900 | - | - |" in lines[5]
+    assert lines[2].startswith("| heart | real held-out images (ceiling) | - | 0.900 |")
+    assert lines[3].startswith("| heart | ZOODiP (ZO, forward only) | 300 | 0.760 | 0.300 |")
+    assert "| 12.0 | 2.00 | 900 | 0.500 | 200 |" in lines[3]
+    assert lines[5].endswith("| - | 0.600 | 0.300 | - | - | 900 | - | - |")
     assert lines[-1] == ("- heart: ZO / backprop CLIP-I 0.950, CLIP-T 1.000 (goal >= 0.95); memory backprop / ZO "
                          "2.50x with the model's tensors, 10.0x for the step alone (goal >= 3x); ZO - no token "
                          "CLIP-I +0.160")
@@ -54,3 +56,13 @@ def test_finished_cell_is_reused_only_with_the_same_settings(tmp_path):
         job.main(dataclasses.replace(cfg, steps=400))
     with pytest.raises(ValueError, match="recipe"):
         job.main(dataclasses.replace(cfg, recipe="w8a8"))
+
+
+def test_bench_cells_and_command():
+    cfg = bench.Config(steps=300, zo_steps=2000, out="runs/x")
+    assert bench.cell_root(cfg, "zo") == bench.Path("runs/x/w8a16_2000steps")
+    assert bench.cell_root(cfg, "backprop") == bench.Path("runs/x/w8a16_300steps")
+    args = bench._cell_args(cfg, "heart", "zo")
+    assert args[args.index("--steps") + 1] == "2000" and args[args.index("--out") + 1] == "runs/x/w8a16_2000steps"
+    assert bench.command(cfg).endswith("--steps 300 --zo-steps 2000 --lr 0.005")
+    assert "--zo-steps" not in bench.command(bench.Config())
