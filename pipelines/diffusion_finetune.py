@@ -37,8 +37,9 @@ class Config:
     steps: int = 20  # DDIM steps of calibration, distillation and evaluation
     guidance: float = 4.0
     lora_lr: float = 4e-4  # per unit of the layer's mean weight step (the code's 1 / 2500)
-    act_lr: float = 5e-4
+    act_lr: float = 1e-3  # per unit of each activation quantizer's mean step size
     weight_step_lr: float = 1e-6
+    loss_weight: str = "eps"  # eps (the code) | mu (the paper) | x0 (each step's share of the final sample)
     seed: int = 0
     out: str = "runs/diffusion_finetune/shapes-sd-w4a4"
     save: str = ""  # folder of the merged model (default <out>/model)
@@ -82,7 +83,8 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
                 visq.save(pipe, ptq)
                 (ptq / "seconds.json").write_text(json.dumps({"quantize_seconds": quantize_seconds}))
     settings = DistillSettings(batch_size=cfg.batch, guidance_scale=cfg.guidance, lora_lr=cfg.lora_lr,
-                               scale_aware=cfg.scale_aware, weight_step_lr=cfg.weight_step_lr, act_lr=cfg.act_lr)
+                               scale_aware=cfg.scale_aware, weight_step_lr=cfg.weight_step_lr, act_lr=cfg.act_lr,
+                               loss_weight=cfg.loss_weight)
     trained = finetune(pipe, items, epochs=cfg.epochs, settings=settings, out_dir=str(out / "train"), seed=cfg.seed,
                        progress=cfg.progress, log_every=cfg.steps, checkpoint_every=cfg.steps)
     from visq.train import read_metrics

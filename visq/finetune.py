@@ -14,7 +14,14 @@ Training (one ``visq.train.fit`` run; ``DistillTask`` is the method's part):
   the float model without a second copy in memory (on a GPU this is the spec's "one extra UNet copy" saved).
 - Scale-aware optimisation as per-layer learning rates: LoRA of layer l at ``lora_lr * mean(s_w(l))`` (the code's
   ``mean(s_w) / 2500``; multiplying gradients by ``mean(s_w)`` would be a no-op under Adam, spec 1.4). Weight steps
-  at ``weight_step_lr`` (1e-6), activation steps and offsets (TALSQ) at ``act_lr`` (5e-4); AdamW, linear decay.
+  at ``weight_step_lr`` (1e-6); AdamW, linear decay. Activation steps and offsets (TALSQ) of quantizer q at
+  ``act_lr * mean(s_x(q))``: relative, where the code's 5e-4 is absolute. visq also quantizes attention q / k /
+  v / probabilities (the code does not), whose steps span 2e-4..0.1 on shapes-dit; the absolute 5e-4 drove the
+  8-bit probability steps through zero within one trajectory (W4A8 16.7 -> 12.3 dB PSNR to float, measured).
+- Loss weight per step (``loss_weight``): "eps" is the code's unweighted sum; "mu" the paper's Eq. 7 (the
+  sampler's mean, a weight c_k^2 per step); "x0" weights each step by its share of the final sample
+  (``_step_weights``). Unweighted, the loss is dominated by the last, low-noise steps (300x the first on shapes-dit
+  W4A4); the shared LoRA then trades the early steps, which fix the image's layout, for them.
 - Steps: ``epochs * num_inference_steps``; the sampler runs the calibrated number of steps, so each TALSQ row is
   trained at the timestep it was calibrated for (other step counts raise: quantize with the steps you sample with).
 - Resume: the epoch's seed is task state; a run resumed mid-epoch replays the teacher's trajectory from it.
@@ -42,6 +49,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # Order of the two CFG halves in the denoiser batch, by pipeline class (the pipelines' own code).
 COND_FIRST = ("DiTPipeline",)
+# Per-step weight of the noise-prediction loss (DistillSettings.loss_weight, _step_weights).
+LOSS_WEIGHTS = ("eps", "mu", "x0")
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,9 @@ class DistillSettings:
             of every LoRA pair times the mean over layers of that step (``scale_aware=False``).
         scale_aware: per-layer LoRA learning rates proportional to the layer's mean weight step.
         weight_step_lr: learning rate of the weight step sizes (0 freezes them).
-        act_lr: learning rate of the activation step sizes and offsets (0 freezes them).
+        act_lr: learning rate of each activation quantizer's steps and offsets per unit of its mean step size
+            (relative; 0 freezes them).
+        loss_weight: per-step weight of the loss: "eps" (the code), "mu" (the paper) or "x0" (module doc).
         call_kwargs: further pipeline arguments of the teacher runs (e.g. ``eta``, ``height``).
     """
 
@@ -64,8 +75,13 @@ class DistillSettings:
     lora_lr: float = 4e-4
     scale_aware: bool = True
     weight_step_lr: float = 1e-6
-    act_lr: float = 5e-4
+    act_lr: float = 1e-3
+    loss_weight: str = "eps"
     call_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.loss_weight not in LOSS_WEIGHTS:
+            raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {self.loss_weight!r}")
 
 
 @dataclass
@@ -76,15 +92,16 @@ class TeacherCall:
     target: Tensor
 
 
-def outer_quantizers(model: nn.Module) -> list[Quantizer]:
-    """Every quantizer of ``model`` that is not part of another quantizer."""
-    found, outer = [], None
+def outer_quantizers(model: nn.Module) -> dict[str, Quantizer]:
+    """Path -> quantizer, for every quantizer of ``model`` that is not part of another quantizer."""
+    found: dict[str, Quantizer] = {}
+    outer = None
     for name, module in model.named_modules():
         if outer is not None and name.startswith(f"{outer}."):
             continue
         if isinstance(module, Quantizer):
             outer = name
-            found.append(module)
+            found[name] = module
     return found
 
 
@@ -92,7 +109,7 @@ def outer_quantizers(model: nn.Module) -> list[Quantizer]:
 def float_teacher(model: nn.Module) -> Iterator[None]:
     """Within the context every quantizer passes its input through: the model computes in float (with QALoRA,
     the LoRA update inside the weight quantizer is bypassed too)."""
-    handles = [q.register_forward_hook(lambda m, args, out: args[0]) for q in outer_quantizers(model)]
+    handles = [q.register_forward_hook(lambda m, args, out: args[0]) for q in outer_quantizers(model).values()]
     try:
         yield
     finally:
@@ -122,6 +139,8 @@ class DistillTask(TrainTask):
         self.pipe, self.settings = pipe, settings
         self.model = hosts.detect(pipe).target(pipe)
         self.loras = {p: m for p, m in self.model.named_modules() if isinstance(m, QALoRAQuantizer)}
+        self.act_quantizers = {p: q for p, q in outer_quantizers(self.model).items()
+                               if not isinstance(q, QALoRAQuantizer) and any(True for _ in q.parameters())}
         if not self.loras:
             raise ValueError("no QALoRA weight quantizers found: quantize with method='efficientdm' first "
                              "(visq.merge_lora removes them: fine-tune before merging)")
@@ -132,6 +151,7 @@ class DistillTask(TrainTask):
         self.guidance = _guidance(pipe, self.call_kwargs)
         self.cfg = self.arg != "batch_size" and self.guidance > 1
         self.num_steps = _check_timesteps(pipe, quant_state(pipe).timesteps)
+        self.weights = _step_weights(pipe.scheduler, self.num_steps, settings.loss_weight)
         self.epoch_seed: dict[int, int] = {}
         self._trajectory: tuple[int, list[TeacherCall]] | None = None
         self.model.eval()  # no dropout; gradients still flow
@@ -150,15 +170,17 @@ class DistillTask(TrainTask):
 
     def param_groups(self) -> list[dict[str, Any]]:
         s = self.settings
-        steps = {p: _mean_weight_step(m) for p, m in self.loras.items()}
+        steps = {p: _mean_step(m.inner) for p, m in self.loras.items()}
         overall = sum(steps.values()) / len(steps)
         groups = [{"name": f"lora:{p}", "params": [m.lora_A, m.lora_B], "weight_decay": 0.0,
                    "lr": s.lora_lr * (steps[p] if s.scale_aware else overall)} for p, m in self.loras.items()]
         weight_steps = [p for m in self.loras.values() for p in m.inner.parameters()]
-        act = [p for q in outer_quantizers(self.model) if not isinstance(q, QALoRAQuantizer) for p in q.parameters()]
-        for name, params, lr in (("weight_steps", weight_steps, s.weight_step_lr), ("activations", act, s.act_lr)):
-            if params and lr > 0:
-                groups.append({"name": name, "params": params, "lr": lr, "weight_decay": 0.0})
+        if weight_steps and s.weight_step_lr > 0:
+            groups.append({"name": "weight_steps", "params": weight_steps, "lr": s.weight_step_lr,
+                           "weight_decay": 0.0})
+        if s.act_lr > 0:  # one group per activation quantizer, its lr relative to its own step size
+            groups += [{"name": f"act:{path}", "params": list(q.parameters()), "lr": s.act_lr * _mean_step(q),
+                        "weight_decay": 0.0} for path, q in self.act_quantizers.items()]
         return groups
 
     def state_dict(self) -> dict[str, Any]:
@@ -176,7 +198,7 @@ class DistillTask(TrainTask):
         record = self._trajectory[1][k]
         out = self.model(*record.call.args, **record.call.kwargs)
         eps = guided_eps(self.pipe, self.model, out, self.cfg, self.guidance)
-        loss = (eps.float() - record.target.float()).pow(2).sum()
+        loss = self.weights[k] * (eps.float() - record.target.float()).pow(2).sum()
         return StepOutput(loss, {"timestep": float(record.call.timestep)})
 
     def teacher(self, seed: int) -> list[TeacherCall]:
@@ -233,11 +255,38 @@ def _check_timesteps(pipe: Any, calibrated: tuple[float, ...]) -> int:
     return len(calibrated)
 
 
-def _mean_weight_step(lora: QALoRAQuantizer) -> float:
-    """Mean weight step size of a QALoRA layer (both sides of a split weight)."""
-    steps = [t.detach().float().flatten() for n, t in [*lora.inner.named_parameters(), *lora.inner.named_buffers()]
+def _step_weights(scheduler: Any, num_steps: int, kind: str) -> list[float]:
+    """Loss weight of each sampling step (sampling order, mean 1): "eps" 1 (the code); "mu" c_k^2, c_k the
+    coefficient of the noise prediction in the deterministic DDIM update x_prev = a x_t + c_k eps (the paper's
+    Eq. 7 loss on the sampler's mean); "x0" (c_k / sqrt(abar_prev))^2, the same error in the scaled coordinates
+    x / sqrt(abar) in which a DDIM step only adds (sigma_prev - sigma_k) eps, i.e. its share of the final sample."""
+    if kind == "eps":
+        return [1.0] * num_steps
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None:
+        raise ValueError(f"loss_weight={kind!r} needs a scheduler with alphas_cumprod ({type(scheduler).__name__} "
+                         "has none); use loss_weight='eps'")
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(num_steps)
+    steps = [int(t) for t in fresh.timesteps]
+    final = float(getattr(scheduler, "final_alpha_cumprod", alphas[0]))
+    weights = []
+    for i, t in enumerate(steps):
+        a_t = float(alphas[t])
+        a_prev = float(alphas[steps[i + 1]]) if i + 1 < len(steps) else final
+        c = (1 - a_prev) ** 0.5 - (a_prev / a_t) ** 0.5 * (1 - a_t) ** 0.5
+        weights.append(c * c if kind == "mu" else c * c / a_prev)
+    mean = sum(weights) / len(weights)
+    return [w / mean for w in weights]
+
+
+def _mean_step(quantizer: nn.Module) -> float:
+    """Mean step size of a quantizer: every row, timestep and side of a split (the unit its lr is relative to)."""
+    steps = [t.detach().float().flatten() for n, t in [*quantizer.named_parameters(), *quantizer.named_buffers()]
              if n.split(".")[-1] in ("step", "scale")]
-    return float(torch.cat(steps).mean())
+    if not steps:
+        raise ValueError(f"{type(quantizer).__name__} has no step / scale tensor to scale its learning rate by")
+    return float(torch.cat(steps).abs().mean())
 
 
 def finetune(

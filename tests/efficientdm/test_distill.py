@@ -12,7 +12,7 @@ from visq import testing as tiny
 from visq.finetune import DistillSettings, DistillTask, finetune, float_teacher, guided_eps, merge_lora
 from visq.train import read_metrics
 
-FAST = DistillSettings(lora_lr=0.05, act_lr=0.05, guidance_scale=4.0)
+FAST = DistillSettings(lora_lr=0.05, act_lr=0.2, guidance_scale=4.0)  # act_lr: relative to each step size
 
 
 def _images(pipe, teacher: bool = False) -> np.ndarray:
@@ -48,8 +48,8 @@ def test_short_distillation_lowers_the_loss_and_raises_psnr_to_float(qsd):
     finetune(pipe, PROMPTS, epochs=4, settings=FAST, progress=False)
     after = _held_out_loss(task)
     after_psnr = _psnr(_images(pipe), reference)
-    assert after < 0.7 * before, (before, after)  # measured: 0.48x
-    assert after_psnr > before_psnr + 0.5, (before_psnr, after_psnr)  # measured: 23.75 -> 25.00 dB
+    assert after < 0.7 * before, (before, after)  # measured: 0.47x
+    assert after_psnr > before_psnr + 0.5, (before_psnr, after_psnr)  # measured: 23.42 -> 25.54 dB
 
 
 def _state(pipe) -> dict[str, torch.Tensor]:
@@ -122,3 +122,38 @@ def test_bad_inputs_raise(qsd):
     qsd.scheduler = type(qsd.scheduler).from_config(qsd.scheduler.config, timestep_spacing="trailing")
     with pytest.raises(ValueError, match="calibrated ones"):
         DistillTask(qsd, PROMPTS)
+
+
+def test_activation_steps_move_relative_to_their_own_size():
+    """Default settings: an absolute activation lr (the code's 5e-4) pushed shapes-dit's attention-probability steps
+    (~5e-4 at 8 bits) through zero in one trajectory and took W4A8 from 16.7 to 12.3 dB; each activation quantizer's
+    lr is now relative to its step size, so no step moves by more than a few percent in one short trajectory."""
+    from visq.quantizers.lsq import LSQQuantizer
+
+    pipe = tiny.tiny_dit()
+    visq.quantize(pipe, "w4a8", method="efficientdm", calib=[0, 1], progress=False, rank=2,
+                  calib_options={"num_inference_steps": STEPS, "guidance_scale": 4.0})
+    acts = {n: q for n, q in pipe.transformer.named_modules()
+            if isinstance(q, LSQQuantizer) and q.site.role == "activation"}
+    assert any(float(q.step.detach().min()) < 2e-3 for q in acts.values())  # the case that broke: tiny probs steps
+    before = {n: q.step.detach().clone() for n, q in acts.items()}
+    finetune(pipe, [0, 1], epochs=2, settings=DistillSettings(guidance_scale=4.0), progress=False)
+    worst = max(float(((q.step.detach() - before[n]).abs() / before[n]).max()) for n, q in acts.items())
+    assert worst < 0.1, worst
+
+
+def test_loss_weights_per_sampling_step():
+    """"x0" weights a step by its share of the final sample: the first (high-noise) steps weigh most."""
+    from diffusers import DDIMScheduler
+
+    from visq.finetune import _step_weights
+
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False)
+    assert _step_weights(scheduler, 20, "eps") == [1.0] * 20
+    for kind in ("mu", "x0"):
+        weights = _step_weights(scheduler, 20, kind)
+        assert len(weights) == 20 and abs(sum(weights) / 20 - 1) < 1e-6
+    x0 = _step_weights(scheduler, 20, "x0")
+    assert x0[0] > 5 and x0[0] > x0[1] > x0[2] > x0[10] and x0[-1] < 0.01
+    with pytest.raises(ValueError, match="loss_weight"):
+        DistillSettings(loss_weight="snr")
