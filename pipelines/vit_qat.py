@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,12 +111,12 @@ def main(cfg: Config = Config()) -> dict:
     data = heldout(BenchConfig(eval_n=cfg.eval_n))
     quick = (data[0][: cfg.eval_during], data[1][: cfg.eval_during])
     teacher, student = (load("shapes-vit", folder=cfg.model_dir or None) for _ in range(2))
-    start = time.perf_counter()
     qcfg = qat_config(cfg)
     visq.qat.train(student, cfg.recipe, training_batches(cfg.batch, cfg.blur), teacher=teacher, method=cfg.method,
                    config=qcfg, out_dir=run, evaluate=lambda m: {"top1_quick": top1(m, quick)},
                    progress=cfg.progress, **options)
-    seconds = time.perf_counter() - start
+    # calibration of this session + every session's training (a resumed run does not restart the clock)
+    seconds = sum(json.loads((run / "time.json").read_text()).values())
     last = visq.qat.metrics_of(run, qcfg)[-1]
     metrics = {
         "top1": top1(student, data), "float_top1": top1(teacher, data), "osc_frac": last["osc_frac"],

@@ -15,13 +15,17 @@ folder (``<out_dir>/qat`` and ``<out_dir>/anneal``; rerun the same call to resum
 The loss is OFQ's distillation: KL(teacher || student) on temperature-softened logits (T = 1), plus
 ``hard_weight`` times cross-entropy when the data yield labels (OFQ: 1; visq default 0, soft labels only).
 Oscillation statistics (``visq.oscillation``) are logged with every metrics record and drawn into
-``<out_dir>/oscillation.svg``. BatchNorm layers of the student (e.g. a convolutional stem kept float) keep their
-running statistics during training.
+``<out_dir>/oscillation.svg``. Training wall time is kept in the checkpoints (a resumed run counts the earlier
+sessions' time up to their last checkpoint, not the steps it redoes) and written to ``<out_dir>/time.json``.
+BatchNorm layers of the student (e.g. a convolutional stem kept float) keep their running statistics during
+training.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,6 +114,7 @@ class QATTask(TrainTask):
         self.cga = CGA(student, boundary_range) if cga and phase == "anneal" else None
         self.boundary_range, self.evaluate_fn = boundary_range, evaluate
         self._cga_metrics: dict[str, float] = {}
+        self.seconds, self._mark = 0.0, None  # wall time of the updates so far (all sessions); last timing mark
 
     def config(self) -> dict[str, Any]:
         state = hosts.detect(self.student).target(self.student).visq_state
@@ -147,6 +152,8 @@ class QATTask(TrainTask):
         return images.to(device), labels.to(device) if labels is not None else None
 
     def step(self, step: int, generator: torch.Generator) -> StepOutput:
+        if self._mark is None:  # the first step of this session: time from here, not from the process start
+            self._mark = time.perf_counter()
         images, labels = self._batch(generator)
         train_mode(self.student)
         with torch.no_grad():
@@ -170,7 +177,15 @@ class QATTask(TrainTask):
     def after_update(self, step: int) -> dict[str, float]:
         if self.cga is not None:
             self.cga.restore()
+        now = time.perf_counter()
+        self.seconds, self._mark = self.seconds + now - self._mark, now
         return {**self.tracker.update(), **self._cga_metrics}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seconds = float(state.get("seconds", 0.0))  # checkpoints written before the time was kept: 0
 
     def evaluate(self, step: int) -> dict[str, float]:
         if self.evaluate_fn is None:
@@ -257,15 +272,20 @@ def train(
     cga, boundary_range = options.get("cga", method == "ofq"), options.get("boundary_range", 0.005)
     teacher.eval()
     torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
     quantize(model, recipe, calib=calib if calib is not None else calibration_batch(data, cfg), progress=progress)
+    seconds = {"calibration_s": time.perf_counter() - start}
     out = Path(out_dir) if out_dir is not None else None
     task = QATTask(model, teacher, data, cfg, "qat", evaluate=evaluate)
     fit(task, _settings(cfg, out, "qat", progress), accelerator)
+    seconds["qat_s"] = task.seconds
     if cfg.anneal_steps > 0:
         anneal = QATTask(model, teacher, data, cfg, "anneal", cga, boundary_range, evaluate, tracker=task.tracker)
         fit(anneal, _settings(cfg, out, "anneal", progress), accelerator)
+        seconds["anneal_s"] = anneal.seconds
     if out is not None:
         plot_oscillation(out, cfg)
+        (out / "time.json").write_text(json.dumps(seconds, indent=1) + "\n")
     model.eval()
     return model
 

@@ -1,9 +1,11 @@
 """visq.qat.train: loss goes down, resume equals an uninterrupted run, save -> load in a fresh process, bad input."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -33,13 +35,15 @@ def test_short_qat_run_lowers_the_distillation_loss(teacher, tmp_path):
 
 
 class Stream:
-    """``draw`` that crashes on its ``crash_at``-th call (the run's settings record the data's name: "Stream")."""
+    """``draw`` that crashes on its ``crash_at``-th call and sleeps ``delay`` s per call (the run's settings record
+    the data's name: "Stream")."""
 
-    def __init__(self, crash_at: int | None = None) -> None:
-        self.calls, self.crash_at = 0, crash_at
+    def __init__(self, crash_at: int | None = None, delay: float = 0.0) -> None:
+        self.calls, self.crash_at, self.delay = 0, crash_at, delay
 
     def __call__(self, generator):
         self.calls += 1
+        time.sleep(self.delay)
         if self.calls == self.crash_at:
             raise RuntimeError("simulated crash")
         return draw(generator)
@@ -49,9 +53,10 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(teacher, short, tmp_pa
     whole = tiny_vit()
     train(whole, "w2a2", Stream(), teacher=teacher, method="ofq", config=short, out_dir=tmp_path / "a",
           progress=False)
-    # calibration takes 2 draws: call 8 is QAT step 6 (checkpoints every 2 steps: steps 5-6 are lost)
+    # calibration takes 2 draws: call 8 is QAT step 6 (checkpoints every 2 steps: steps 5-6 are lost); the slow
+    # draws make the crashed session's first 4 steps (saved in the checkpoint) take >= 1 s
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(tiny_vit(), "w2a2", Stream(crash_at=8), teacher=teacher, method="ofq", config=short,
+        train(tiny_vit(), "w2a2", Stream(crash_at=8, delay=0.25), teacher=teacher, method="ofq", config=short,
               out_dir=tmp_path / "b", progress=False)
     assert not (tmp_path / "b" / "anneal").exists()
     resumed = tiny_vit()
@@ -61,6 +66,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(teacher, short, tmp_pa
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert metrics_of(tmp_path / "a", short) == metrics_of(tmp_path / "b", short)
+    seconds = json.loads((tmp_path / "b" / "time.json").read_text())
+    assert set(seconds) == {"calibration_s", "qat_s", "anneal_s"}
+    assert seconds["qat_s"] >= 1.0  # the crashed session's checkpointed time counts in the resumed run
 
 
 def test_resume_with_other_settings_raises(teacher, short, tmp_path):
