@@ -12,7 +12,7 @@ PSNR / SSIM to the same-seed float images and the judge CLIP score (the compatib
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,11 +142,14 @@ def _write_readme_table(block: list[str], readme: Path, start: str = README_STAR
 
 def _flags(cfg: Config) -> str:
     """The flags of ``cfg`` that differ from the defaults, as a command line would give them."""
-    default, parts = Config(), []
-    for name in ("models", "bits", "steps", "searches", "grid_points", "out", "results"):
-        value = getattr(cfg, name)
-        if value != getattr(default, name):
-            flag = "--" + name.replace("_", "-")
+    parts = []
+    for f in fields(Config):
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if value == f.default or f.name == "tune":  # --no-tune only reuses searches the same command makes
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{f.name.replace('_', '-')}")
+        else:
             parts.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, tuple) else value}")
     return " ".join(parts)
 
