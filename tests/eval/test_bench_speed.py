@@ -42,7 +42,7 @@ def test_tables_from_cache():
     text = render(cache, Config(), "test machine")
     row = "| visq export W8A8 compiled | visq | W8A8 static | 50.0 | 12.50 | 2.00x | - | 22.00 | - | 31 | M2 |"
     assert row in text
-    assert "- **M1**: not recorded" in text and "- **M2**: CPU X (avx2)" in text
+    assert "- **M1**: CPU not recorded" in text and "- **M2**: CPU X (avx2)" in text
     assert "fails here: ImportError: Requires mslk" in text
     assert "90.1% (float 90.5%)" in text and "machine was shared" in text
     assert "Not measured yet (rerun the command to resume): deit-s / bf16" in text
