@@ -10,15 +10,40 @@ scale 1 in one fused pass, so the codes equal the fake quantizer's.
 
 from __future__ import annotations
 
+import functools
+import logging
 import warnings
 
 import torch
 from torch import Tensor
 
+log = logging.getLogger(__name__)
 
+
+@functools.cache
 def available() -> bool:
-    """Whether this torch build has the oneDNN quantized linear."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+    """Whether this torch build has the oneDNN quantized linear and it computes exactly on this CPU.
+
+    Without VNNI (AVX2-only x86) oneDNN's u8 x s8 GEMM sums pairs of products in saturating int16, so large codes
+    come out wrong (measured on an AVX2 AMD EPYC: 255 x 127 over K = 64 off by 1e6); a small probe of the worst
+    case and of random codes against exact integer arithmetic decides, and visq falls back to ``torch._int_mm``.
+    """
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    probes = [(torch.full((4, 64), 255, dtype=torch.uint8), torch.full((8, 64), 127, dtype=torch.int8)),
+              (torch.randint(0, 256, (16, 96), dtype=torch.uint8, generator=gen),
+               torch.randint(-127, 128, (24, 96), dtype=torch.int8, generator=gen))]
+    for x_u8, weight in probes:
+        try:
+            got = linear(x_u8, 1.0, 0, PackedWeight(weight), torch.ones(weight.shape[0]), None)
+        except RuntimeError:  # no primitive for this CPU
+            return False
+        if not torch.equal(got.double(), (x_u8.double() @ weight.double().t())):
+            log.info("oneDNN's int8 linear is not exact on this CPU (%s; no VNNI saturates int16 sums): W8A8 "
+                     "layers use torch._int_mm", torch.backends.cpu.get_cpu_capability())
+            return False
+    return True
 
 
 class PackedWeight:
