@@ -13,6 +13,7 @@ every cell.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from eval.pipes import QuantConfig
 OUT = Path(__file__).parent / "results" / "efficientdm.md"
 README_START, README_END = "<!-- efficientdm table start -->", "<!-- efficientdm table end -->"
 PTQ_METHODS = ("qdiff", "eda", "dgq")
+INIT = "efficientdm PTQ init (untrained)"
 # variant -> flags of pipelines.diffusion_finetune (the ablations of the spec: TALSQ, scale-aware lr, LoRA rank)
 VARIANTS = {
     "efficientdm": [],
@@ -119,12 +121,13 @@ def table(model: str, results: dict[str, dict], trained: dict[tuple[str, str], d
             values = {k: measured.get(label, {}).get(method, {}).get(bits) for k, label in _PTQ_LABELS.items()}
             if any(v is not None for v in values.values()):
                 lines.append(_row(f"{bits.upper()} {method} (PTQ)", values, ["-", "-", "-"]))
-        for (b, variant), info in trained.items():
+        for (b, variant), info in sorted(trained.items(), key=lambda kv: kv[0][1] != INIT):
             if b != bits:
                 continue
             metrics = results.get(info["name"], {})
             job = info["result"]
-            extra = [f"{job['train_seconds']:.0f}", f"{job['peak_memory_mb']:.0f}", str(job["optimizer_steps"])]
+            extra = ["-", "-", "0"] if job is None else [
+                f"{job['train_seconds']:.0f}", f"{job['peak_memory_mb']:.0f}", str(job["optimizer_steps"])]
             lines.append(_row(f"{bits.upper()} {variant}", metrics, extra))
     return lines + [""]
 
@@ -141,6 +144,10 @@ def _measured(cfg: Config, model: str) -> tuple[dict[str, dict], dict[tuple[str,
         name = QuantConfig.parse(f"load:{_saved(cfg, model, bits, variant)}").name
         if job.is_file() and name in results:
             trained[(bits, variant)] = {"name": name, "result": json.loads(job.read_text())}
+    for bits in cfg.bits:  # the PTQ initialisation each main cell started from (LoRA B = 0: the untrained model)
+        name = QuantConfig.parse(f"load:{_initial(cfg, model, bits)}").name
+        if name in results:
+            trained[(bits, INIT)] = {"name": name, "result": None}
     return results, trained
 
 
@@ -168,13 +175,31 @@ def _saved(cfg: Config, model: str, bits: str, variant: str) -> Path:
     return Path(cfg.out) / model / "models" / f"efficientdm-{_slug(bits, variant)}"
 
 
+def _initial(cfg: Config, model: str, bits: str) -> Path:
+    """A copy of the main cell's PTQ initialisation (``<train>/ptq``) under a name of its own (the results key)."""
+    return Path(cfg.out) / model / "models" / f"init-{bits}"
+
+
+def _init_configs(cfg: Config, model: str) -> list[str]:
+    """``load:`` configurations of the PTQ initialisations the trained main cells of ``model`` started from."""
+    configs = []
+    for bits in cfg.bits:
+        src, dst = Path(cfg.out) / model / "train" / _slug(bits, "efficientdm") / "ptq", _initial(cfg, model, bits)
+        if (src / "quant.json").is_file() and not dst.is_dir():
+            shutil.copytree(src, dst)
+        if dst.is_dir():
+            configs.append(f"load:{dst}")
+    return configs
+
+
 def main(cfg: Config = Config()) -> dict[str, Any]:
     bench = BenchConfig(seed=cfg.seed, out=cfg.out, inception=False)  # Inception FIDs once at the end (below)
     specs = _specs(bench)
     for model, bits, variant in cells(cfg) if cfg.train else []:
         train_cell(model, bits, variant, cfg)
         _, trained = _measured(cfg, model)
-        configs = ["float"] + [f"load:{_saved(cfg, model, b, v)}" for b, v in [*trained, (bits, variant)]]
+        configs = ["float"] + [f"load:{_saved(cfg, model, b, v)}" for b, v in [*trained, (bits, variant)]
+                               if v != INIT] + _init_configs(cfg, model)
         bench_model(model, replace(specs[model], configs=list(dict.fromkeys(configs))), bench)
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text("\n".join(report(cfg, bench)) + "\n")
@@ -182,7 +207,7 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
         ready = [(b, v) for _, b, v in cells(replace(cfg, models=(model,)))
                  if (Path(cfg.out) / model / "train" / _slug(b, v) / "result.json").is_file()]
         if ready:
-            configs = ["float"] + [f"load:{_saved(cfg, model, b, v)}" for b, v in ready]
+            configs = ["float"] + [f"load:{_saved(cfg, model, b, v)}" for b, v in ready] + _init_configs(cfg, model)
             bench_model(model, replace(specs[model], configs=configs), bench)
         if cfg.inception:
             _add_inception(model, cfg, bench)

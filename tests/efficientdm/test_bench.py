@@ -28,3 +28,16 @@ def test_table_rows_and_cell_order():
     assert "| W4A4 dgq (PTQ) | 14.63 | - | - | - | - | - | - | - |" in lines
     assert "| W4A4 efficientdm | 16.50 | 0.610 | - | - | - | 61 | 900 | 200 |" in lines
     assert "| float | - | - | - | - | 90.00 | - | - | - |" in lines
+
+
+def test_the_untrained_initialisation_row_comes_first_without_training_columns():
+    from eval.bench_efficientdm import INIT
+
+    cfg = Config(models=("shapes-dit",), bits=("w4a4",), ablations=())
+    job = {"train_seconds": 61.2, "peak_memory_mb": 900.4, "optimizer_steps": 200}
+    trained = {("w4a4", "efficientdm"): {"name": "loaded-a", "result": job},
+               ("w4a4", INIT): {"name": "loaded-init", "result": None}}
+    results = {"loaded-a": {"psnr": 16.5}, "loaded-init": {"psnr": 12.8}}
+    lines = table("shapes-dit", results, trained, {}, cfg, BenchConfig())
+    init = lines.index(f"| W4A4 {INIT} | 12.80 | - | - | - | - | - | - | 0 |")
+    assert init < lines.index("| W4A4 efficientdm | 16.50 | - | - | - | - | 61 | 900 | 200 |")
