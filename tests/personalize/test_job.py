@@ -66,3 +66,17 @@ def test_bench_cells_and_command():
     assert args[args.index("--steps") + 1] == "2000" and args[args.index("--out") + 1] == "runs/x/w8a16_2000steps"
     assert bench.command(cfg).endswith("--steps 300 --zo-steps 2000 --lr 0.005")
     assert "--zo-steps" not in bench.command(bench.Config())
+
+
+def test_bench_readme_block_is_the_table(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{bench.MARK_START}\nold\n{bench.MARK_END}\nrest\n")
+    cell = {"reference": {"clip_i": 0.9, "clip_t": 0.3}, "final": {"clip_i": 0.6, "clip_t": 0.3}, "peak_rss_mb": 1.0}
+    cfg = bench.Config(readme=str(readme))
+    bench.write_readme(cfg, {"heart": {"none": cell}})
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{bench.MARK_END}\nrest\n") and "old" not in text
+    assert f"`{bench.command(cfg)}`" in text and "\n".join(bench.table(cfg, {"heart": {"none": cell}})) in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="lacks the markers"):
+        bench.write_readme(cfg, {"heart": {"none": cell}})
