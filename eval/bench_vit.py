@@ -26,11 +26,15 @@ from typing import Any
 import torch
 
 import visq
+from eval.report import replace_block
 from visq import zoo
 from visq.zoo import load, shapes
 from visq.zoo.judge import vit_predict
 from visq.zoo.vit import VIT_DATA, normalize
 
+DEFAULT_OUT = Path(__file__).parent / "results" / "vit_ptq.md"
+README = Path(__file__).parent.parent / "README.md"
+README_BLOCK = "vit-ptq"  # eval.report.replace_block markers
 METHODS = ("minmax", "percentile", "ptq4vit", "repq", "ias", "dopq", "noisyquant")
 BITS = ("w3a3", "w4a4", "w6a6")
 # calibration images per method: the papers' sizes, except I&S / DopQ (1024 in the papers; CPU budget here)
@@ -184,8 +188,18 @@ def main(cfg: Config = Config(), command: str = "python -m eval.bench_vit") -> d
                 logging.info("%s: top-1 %.2f (%.1fs)", key, cache[key]["top1"], cache[key]["calib_s"])
                 save_cache(cache_path, cache)
                 out.write_text(render(cfg, cache, command))
-    out.write_text(render(cfg, cache, command))
+    text = render(cfg, cache, command)
+    out.write_text(text)
+    if out.resolve() == DEFAULT_OUT.resolve():  # experiments written elsewhere leave the README alone
+        README.write_text(replace_block(README.read_text(), README_BLOCK, readme_table(text)))
     return cache
+
+
+def readme_table(results: str) -> str:
+    """The README's ViT PTQ block: the float line and the method table of a results file."""
+    lines = results.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Float top-1"))
+    return "\n".join(lines[start:]).strip()
 
 
 def _parse(argv: list[str]) -> Config:
