@@ -47,7 +47,7 @@ class Config:
     models: tuple[str, ...] = ("shapes-sd", "shapes-dit")
     bits: tuple[str, ...] = ("w4a4", "w4a8")
     ablations: tuple[str, ...] = ("no TALSQ", "no scale-aware lr", "rank 8")  # trained at ablation_bits only
-    ablation_bits: str = "w4a4"
+    ablation_bits: str = "w4a4"  # recipe the ablations train at
     epochs: int = 10  # teacher trajectories of 20 steps: 200 optimizer steps per cell
     # this budget is 200 steps, not 16,000 (on shapes-dit W4A8, 40 steps: 16.7 -> 18.9 dB PSNR to float on 4
     # images with it, unchanged with the code's lr); 125x the code's LoRA lr (4e-4)

@@ -297,8 +297,9 @@ def main(cfg: Config = Config(), command: str = "python -m eval.bench_mixed", re
 
 def _parse_args(argv: list[str]) -> tuple[Config, str]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", nargs="+", default=list(Config.parts), choices=("vit", "sd"))
-    p.add_argument("--threads", type=int, default=Config.threads)
+    p.add_argument("--parts", nargs="+", default=list(Config.parts), choices=("vit", "sd"),
+                   help="zoo models: vit (shapes-vit) and / or sd (shapes-sd)")
+    p.add_argument("--threads", type=int, default=Config.threads, help="torch CPU threads")
     p.add_argument("--readme", default="", help="also rewrite this README's mixed-precision block")
     a = p.parse_args(argv)
     return replace(Config(), parts=tuple(a.parts), threads=a.threads), a.readme

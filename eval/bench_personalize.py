@@ -33,18 +33,18 @@ LABELS = {"zo": "ZOODiP (ZO, forward only)", "backprop": "textual inversion (bac
 class Config:
     """Every field is a flag; the cell settings are passed to ``pipelines.zo_personalize``."""
 
-    concepts: tuple[str, ...] = ("heart",)
-    methods: tuple[str, ...] = ("zo", "backprop", "none")
+    concepts: tuple[str, ...] = ("heart",)  # held-out shapes to learn (heart, ring)
+    methods: tuple[str, ...] = ("zo", "backprop", "none")  # zo: ZOODiP; backprop: textual inversion; none: words
     recipe: str = "w8a16"  # ZOODiP quantizes weights only (see pipelines.zo_personalize)
     steps: int = 300
     zo_steps: int = 0  # ZO's steps (0: --steps); ZOODiP trains 30,000 steps where TI trains a few thousand
     lr: float = 5e-3  # ZOODiP's paper value (its script: 1e-2), for both methods
     batch: int = 1
-    n_calib: int = 8
-    eval_every: int = 100
+    n_calib: int = 8  # training captions that calibrate the quantized UNet
+    eval_every: int = 100  # steps between CLIP-I / CLIP-T evaluations (for steps-to-converge)
     seed: int = 0
     out: str = "runs/zo_personalize"
-    results: str = "eval/results/personalize.md"
+    results: str = "eval/results/personalize.md"  # results file (its grids are named after it)
     readme: str = "README.md"  # empty: leave the README alone
 
 

@@ -209,16 +209,19 @@ def _write(cfg: Config, cache: dict[str, Any], ptq: dict[str, Any], command: str
 
 def _parse(argv: list[str]) -> Config:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=Config.steps)
-    p.add_argument("--anneal-steps", type=int, default=Config.anneal_steps)
-    p.add_argument("--batch", type=int, default=Config.batch)
-    p.add_argument("--seeds", nargs="+", type=int, default=list(Config.seeds))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--bits", nargs="+", default=list(BITS))
-    p.add_argument("--ptq-methods", nargs="*", default=list(PTQ_METHODS), choices=list(bench_vit.METHODS))
-    p.add_argument("--eval-n", type=int, default=1000)
-    p.add_argument("--run-dir", default=Config.run_dir)
-    p.add_argument("--out", default=Config.out)
+    p.add_argument("--steps", type=int, default=Config.steps, help="QAT optimizer steps per run")
+    p.add_argument("--anneal-steps", type=int, default=Config.anneal_steps,
+                   help="steps of the final low-lr phase (OFQ's CGA phase; plain fine-tuning without CGA)")
+    p.add_argument("--batch", type=int, default=Config.batch, help="training images per step")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(Config.seeds), help="training seeds (mean and spread)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="QAT rows: LSQ-QAT, OFQ and its ablations")
+    p.add_argument("--bits", nargs="+", default=list(BITS), help="recipes, one column each")
+    p.add_argument("--ptq-methods", nargs="*", default=list(PTQ_METHODS), choices=list(bench_vit.METHODS),
+                   help="PTQ rows for comparison (may be empty)")
+    p.add_argument("--eval-n", type=int, default=1000, help="held-out images for top-1")
+    p.add_argument("--run-dir", default=Config.run_dir, help="one training run folder per cell (resumable)")
+    p.add_argument("--out", default=Config.out, help="results table (its JSON cache sits next to it)")
     a = p.parse_args(argv)
     return Config(a.steps, a.anneal_steps, a.batch, tuple(a.seeds), tuple(a.variants), tuple(a.bits),
                   tuple(a.ptq_methods), a.eval_n, a.run_dir, a.out)

@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--diagnosis", help="diagnosis JSON written by `visq doctor --out` or Diagnosis.save")
     p.add_argument("--eval", help="an eval.images / quantize_eval output folder (metrics.json, grid.png)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the HTML file to write")
     a = p.parse_args(argv)
     if not a.diagnosis and not a.eval:
         p.error("give --diagnosis and/or --eval")

@@ -28,17 +28,17 @@ class Config:
 
     model: str = "shapes-sd"  # shapes-sd | shapes-dit
     bits: str = "w4a4"
-    rank: int = 32
-    talsq: bool = True
-    act_init: str = "minmax"
-    scale_aware: bool = True
+    rank: int = 32  # LoRA rank of every quantized layer
+    talsq: bool = True  # per-timestep learned activation step sizes (--no-talsq: one step per quantizer)
+    act_init: str = "minmax"  # activation step initialisation from calibration: minmax | mse (the code's) | lsq
+    scale_aware: bool = True  # per-layer LoRA lr proportional to the mean weight step
     epochs: int = 10  # teacher trajectories; optimizer steps = epochs * steps
     batch: int = 2  # prompts / classes per trajectory
     steps: int = 20  # DDIM steps of calibration, distillation and evaluation
     guidance: float = 4.0
     lora_lr: float = 4e-4  # per unit of the layer's mean weight step (the code's 1 / 2500)
     act_lr: float = 1e-3  # per unit of each activation quantizer's mean step size
-    weight_step_lr: float = 1e-6
+    weight_step_lr: float = 1e-6  # learning rate of the LSQ weight step sizes
     loss_weight: str = "eps"  # eps (the code) | mu (the paper) | x0 (each step's share of the final sample)
     seed: int = 0
     out: str = "runs/diffusion_finetune/shapes-sd-w4a4"

@@ -53,10 +53,10 @@ class Config:
     steps: int = 400
     batch: int = 1
     lr: float = 0.0  # 0: the method's default (PersonalizeSettings)
-    n_refs: int = 6
-    n_prompts: int = 8
+    n_refs: int = 6  # reference images of the concept
+    n_prompts: int = 8  # held-out prompts that use the token
     eval_every: int = 100  # CLIP-I / CLIP-T during training (for steps-to-converge)
-    memory_steps: int = 4
+    memory_steps: int = 4  # training steps traced for the peak tensor memory
     seed: int = 0
     out: str = "runs/zo_personalize"
     progress: bool = True
