@@ -125,7 +125,9 @@ def table(cfg: Config, cache: dict[str, Any], ptq: dict[str, Any]) -> list[str]:
                  for b in cfg.bits]
         first = _cells(cache, variant, cfg.bits[0], cfg.seeds)
         osc = f"{100 * sum(c['osc_frac'] for c in first) / len(first):.2f}%" if first else "–"
-        times = [c["train_s"] for b in cfg.bits for c in _cells(cache, variant, b, cfg.seeds)]
+        # a cell's time is None when part of its run was not timed (resumed from a checkpoint without its time)
+        times = [c["train_s"] for b in cfg.bits for c in _cells(cache, variant, b, cfg.seeds)
+                 if c["train_s"] is not None]
         mean_time = f"{sum(times) / len(times):.0f}" if times else "–"
         lines.append(f"| {LABELS[variant]} | " + " | ".join(cells) + f" | {osc} | {mean_time} |")
     for method in cfg.ptq_methods:
