@@ -174,7 +174,7 @@ def main(cfg: Config = Config(), command: str = "python -m eval.bench_vit") -> d
              "weights": weights}
     if cache.setdefault("setup", setup) != setup:
         raise ValueError(f"{cache_path} holds cells of another setup ({cache['setup']}); use another --out")
-    data = heldout(cfg)
+    data = heldout(cfg) if cfg.run else None  # --no-run only re-renders: no images to generate
     if "float" not in cache and cfg.run:
         cache["float"] = {"top1": top1(load_vit(cfg), data)}
         save_cache(cache_path, cache)
