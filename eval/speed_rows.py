@@ -48,6 +48,12 @@ ROWS = {r.name: r for r in [
         note="visq's default `w4a8`: symmetric per-channel 4-bit weights, static per-tensor 8-bit activations"),
     Row("visq export W4A16-g128 bf16", "visq", "W4 weight-only", dtype=torch.bfloat16,
         note=f"`w4a16` weights (symmetric, min-max) in {W4_GROUPS}: the quanto W4 rows' grouping"),
+    Row("visq export W4A16-asym", "visq", "W4 weight-only",
+        note="`w4a16-asym`: asymmetric per output channel (unsigned grid, zero point), min-max range"),
+    Row("visq export W4A8-asym", "visq", "W4A8 static",
+        note="`w4a8-asym`: asymmetric per-channel 4-bit weights, static per-tensor 8-bit activations"),
+    Row("visq export W4A16-g128-asym bf16", "visq", "W4 weight-only", dtype=torch.bfloat16,
+        note=f"`w4a16-asym` weights (asymmetric, min-max) in {W4_GROUPS}: quanto's W4 scheme exactly"),
     Row("torchao int8 dynamic", "torchao", "W8A8 dynamic per-token"),
     Row("torchao int8 dynamic compiled", "torchao", "W8A8 dynamic per-token", compiled=True),
     Row("torchao int8 weight-only", "torchao", "W8 weight-only"),
@@ -67,8 +73,11 @@ ROWS = {r.name: r for r in [
 ]}
 VISQ_RECIPES = {"visq fake-quant W8A8": "w8a8", "visq export W8A8": "w8a8", "visq export W8A8 compiled": "w8a8",
                 "visq export W8A8-dyn": "w8a8-dyn", "visq export W8A16": "w8a16", "visq export W4A16": "w4a16",
-                "visq export W4A8": "w4a8", "visq export W4A16-g128 bf16": "w4a16"}
-PEER_GROUPED = {"visq export W4A16-g128 bf16"}  # visq rows grouped per layer as quanto groups (quanto_group)
+                "visq export W4A8": "w4a8", "visq export W4A16-g128 bf16": "w4a16",
+                "visq export W4A16-asym": "w4a16-asym", "visq export W4A8-asym": "w4a8-asym",
+                "visq export W4A16-g128-asym bf16": "w4a16-asym"}
+# visq rows grouped per layer as quanto groups (quanto_group)
+PEER_GROUPED = {"visq export W4A16-g128 bf16", "visq export W4A16-g128-asym bf16"}
 
 
 def quanto_group(k: int) -> int | None:

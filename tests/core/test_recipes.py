@@ -31,13 +31,23 @@ def test_dyn_form_gives_dynamic_per_token_activations():
         parse("w8a16-dyn")
 
 
+def test_asym_form_gives_unsigned_weights_with_a_zero_point():
+    recipe = parse("w4a8-g32-asym-dyn")
+    weight = recipe.spec_for("blocks.0.mlp.fc1.weight_quantizer")[1]
+    assert weight == Uniform(bits=4, symmetric=False, granularity="group", group_size=32)
+    assert weight.qrange == (0, 15)
+    assert recipe.spec_for("blocks.0.mlp.fc1.input_quantizer")[1].dynamic
+    assert parse("w4a16-asym").spec_for("x.weight_quantizer")[1].granularity == "channel"
+
+
 def test_a16_keeps_activations_float():
     recipe = parse("w8a16")
     assert recipe.spec_for("x.input_quantizer")[1] is None
     assert recipe.spec_for("x.weight_quantizer")[1].bits == 8
 
 
-@pytest.mark.parametrize("text", ["w4a9", "w0a8", "w4a8-g0", "", "int8", "w9a8", "w4a1", "w4a8-g", "w8a8-dyn-g32"])
+@pytest.mark.parametrize("text", ["w4a9", "w0a8", "w4a8-g0", "", "int8", "w9a8", "w4a1", "w4a8-g", "w8a8-dyn-g32",
+                                  "w4a8-asym-g32", "w4a8-dyn-asym"])
 def test_bad_strings_raise_listing_forms(text):
     with pytest.raises(ValueError, match="Valid forms: w<W>a<A>") as err:
         parse(text)

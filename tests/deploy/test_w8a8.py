@@ -61,8 +61,10 @@ def test_layer_within_one_accumulator_step(name):
     assert ((got - expected).abs() <= step).all()
 
 
-def test_vit_codes_within_one_step(images):
-    ref, out = fake_and_exported(visq.quantize(tiny_vit(), "w8a8", calib=images, progress=False))
+@pytest.mark.parametrize("recipe", ["w8a8", "w4a8-asym"])
+def test_vit_codes_within_one_step(images, recipe):
+    ref, out = fake_and_exported(visq.quantize(tiny_vit(), recipe, calib=images, progress=False))
+    assert sum(isinstance(m, Int8Linear) for m in out.modules()) == 8
     seen_ref, seen_out = record_codes(ref), record_codes(out)
     with torch.no_grad():
         a, b = ref(images), out(images)

@@ -29,7 +29,7 @@ def test_pack_unpack_round_trip(k):
         int4.pack(torch.tensor([[8, 0]]))
 
 
-@pytest.mark.parametrize("recipe", ["w4a16", "w4a16-g32", "w3a16-g64"])
+@pytest.mark.parametrize("recipe", ["w4a16", "w4a16-g32", "w3a16-g64", "w4a16-asym", "w4a16-g32-asym"])
 def test_int4_dequant_path_bit_equal_and_tinygemm_close(recipe):
     x = torch.randn(32, 256)
     ref, out = fake_and_exported(visq.quantize(_mlp(), recipe, calib=x, progress=False))
@@ -41,6 +41,20 @@ def test_int4_dequant_path_bit_equal_and_tinygemm_close(recipe):
         got = out.to(torch.bfloat16)(y.bfloat16()).float()
     assert out[0].tinygemm and out[0].kernel_weight is not None  # bf16 activations ran tinygemm
     assert (got - expected).abs().max() <= 0.02 * expected.abs().max()  # bf16 scales: close, not equal
+
+
+def test_int4_asymmetric_zero_points_closed_form():
+    # one row, range [-1, 2] on the 16-level grid: scale 0.2, zero point round(1 / 0.2) = 5
+    w = torch.tensor([[-1.0, -0.5, 0.0, 0.9, 2.0, 1.3, 0.2, 0.1]])
+    layer = nn.Linear(8, 1, bias=False)
+    layer.weight.data.copy_(w)
+    out = visq.export(visq.quantize(nn.Sequential(layer), "w4a16-asym", calib=torch.randn(2, 8), progress=False))
+    assert isinstance(out[0], Int4Linear)
+    assert torch.allclose(out[0].weight_scale, torch.tensor([[0.2]]))
+    assert int(out[0].weight_zero) == 5 - 8  # unsigned zero 5 on the packer's signed grid
+    expected = (torch.clamp(torch.round(w / 0.2) + 5, 0, 15) - 5) * 0.2
+    assert torch.allclose(int4.dequantize(out[0].packed, out[0].weight_scale, 8, torch.float32, out[0].weight_zero),
+                          expected)
 
 
 def test_int4_checkpoint_is_an_eighth_of_fp32(tmp_path):
@@ -66,3 +80,15 @@ def test_int8_weight_only_matches_fake_quant():
     with torch.no_grad():
         bf16 = out.to(torch.bfloat16)(y.bfloat16()).float()
     assert (bf16 - expected).abs().max() <= 0.02 * expected.abs().max()
+
+
+def test_asymmetric_8bit_weights_that_do_not_fit_int8_stay_fake_quant():
+    model = nn.Sequential(nn.Linear(16, 4))
+    model[0].weight.data = torch.rand(4, 16) + 0.1  # all positive: zero point 0, codes up to 255
+    quantized = visq.quantize(model, "w8a16-asym", calib=torch.randn(2, 16), progress=False)
+    ref, out = fake_and_exported(quantized)
+    assert not isinstance(out[0], Int8WeightLinear)
+    assert "do not fit int8" in visq.summary(out)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        assert torch.equal(out(x), ref(x))

@@ -51,8 +51,9 @@ def _payload_from_readme(table: dict[str, dict], block: str) -> dict:
     configs = {name: {**m, "n_images": n, "fid_network": "zoo-judge-clip", "fid_reference_n": cfg.reference_n,
                       "clip_network": "zoo-judge-clip", **({"fid_small_n": True} if small_n else {})}
                for name, m in table.items()}
-    run_spec = {"model": cfg.model, "configs": list(table), "prompts": ["p"] * cfg.n_prompts, "per_prompt": cfg.per_prompt,
-                "seed": cfg.seed, "gen": {"steps": cfg.steps, "guidance": cfg.guidance}, "calib": ["c"] * cfg.n_calib}
+    run_spec = {"model": cfg.model, "configs": list(table), "prompts": ["p"] * cfg.n_prompts,
+                "per_prompt": cfg.per_prompt, "seed": cfg.seed, "gen": {"steps": cfg.steps, "guidance": cfg.guidance},
+                "calib": ["c"] * cfg.n_calib}
     return {"configs": configs, "run": run_spec}
 
 

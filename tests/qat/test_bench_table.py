@@ -1,6 +1,6 @@
 """eval.bench_vit_qat: run order, the table from a cell cache, and the README block it rewrites."""
 
-from eval.bench_vit_qat import README_END, README_START, Config, cell_key, priority, table, write_readme
+from eval.bench_vit_qat import README_END, README_START, Config, cell_key, priority, report_view, table, write_readme
 
 
 def _cell(top1: float) -> dict:
@@ -29,3 +29,13 @@ def test_table_shows_means_spreads_missing_seeds_and_ptq_cells(tmp_path):
     readme.write_text(f"intro\n{README_START}\nold\n{README_END}\nrest\n")
     write_readme(lines, readme)
     assert readme.read_text() == f"intro\n{README_START}\n" + "\n".join(lines) + f"\n{README_END}\nrest\n"
+
+
+def test_a_partial_run_reports_the_whole_benchmark_under_the_setup_command():
+    view, command = report_view(Config(seeds=(1,), variants=("lsq",), bits=("w2a2",), ptq_methods=()))
+    assert view.seeds == (0, 1, 2) and view.variants == Config().variants and view.bits == Config().bits
+    assert view.ptq_methods == Config().ptq_methods
+    assert command == "python -m eval.bench_vit_qat"
+    _, command = report_view(Config(steps=50, seeds=(0, 5), out="runs/x.md"))
+    assert command == "python -m eval.bench_vit_qat --steps 50 --out runs/x.md"
+    assert report_view(Config(seeds=(0, 5)))[0].seeds == (0, 1, 2, 5)

@@ -1,11 +1,12 @@
 """Which exported layer class (if any) runs each fake-quant layer, and why the others stay fake-quant.
 
 A layer is exported only when its integer form reproduces the fake-quant weight exactly (checked, not assumed):
-- ``QuantLinear`` with symmetric per-channel / per-tensor uniform weights (<= 8 bits) and a uniform input
-  quantizer (<= 8 bits, static per tensor or dynamic per token) -> ``Int8Linear``;
-- ``QuantLinear`` without an input quantizer: <= 4-bit symmetric per-channel / per-group weights ->
-  ``Int4Linear``; 5-8 bits per channel -> ``Int8WeightLinear``;
-- everything else (convolutions, log2 / twin / split quantizers, asymmetric weights) keeps its fake-quant forward.
+- ``QuantLinear`` with per-channel / per-tensor uniform weights (<= 8 bits; asymmetric ones when their codes minus
+  the zero point fit int8, e.g. <= 7 bits) and a uniform input quantizer (<= 8 bits, static per tensor or dynamic
+  per token) -> ``Int8Linear``;
+- ``QuantLinear`` without an input quantizer: <= 4-bit per-channel / per-group weights (symmetric or asymmetric)
+  -> ``Int4Linear``; 5-8 bits per channel -> ``Int8WeightLinear``;
+- everything else (convolutions, log2 / twin / split quantizers) keeps its fake-quant forward.
 """
 
 from __future__ import annotations
@@ -21,25 +22,40 @@ from visq.quantizers.uniform import UniformQuantizer
 KINDS = ("w8a8", "int8-weight", "int4-weight")
 
 
-def weight_codes(layer: QuantLinear) -> tuple[Tensor, Tensor] | str:
-    """(codes (N, K), scale (N,) or (N, groups)) of a symmetric uniform weight quantizer, or why there are none."""
+def weight_codes(layer: QuantLinear) -> tuple[Tensor, Tensor, Tensor] | str:
+    """(codes (N, K), scale (N, G), zero (N, G)) of a uniform weight quantizer, or why there are none.
+
+    ``codes`` lie on the spec's grid (signed for symmetric specs, unsigned for asymmetric ones) and the weight is
+    ``(codes - zero) * scale`` per group of ``K / G`` inputs (G = 1: per channel or per tensor); ``zero`` is 0 for
+    symmetric specs. The codes are checked to reproduce the fake-quant weight bit for bit.
+    """
     wq = layer.weight_quantizer
     if type(wq) is not UniformQuantizer:
         return f"weight quantizer {type(wq).__name__} has no integer kernel"
     spec = wq.spec
-    if not spec.symmetric or spec.bits > 8 or spec.granularity not in ("channel", "tensor", "group"):
-        return f"weight spec {spec.short()} has no integer kernel (needs symmetric <= 8 bit, channel / group)"
+    if spec.bits > 8 or spec.granularity not in ("channel", "tensor", "group"):
+        return f"weight spec {spec.short()} has no integer kernel (needs <= 8 bits, per channel / group / tensor)"
     qmin, qmax = spec.qrange
     n = layer.out_features
     with torch.no_grad():
         w = layer.weight.detach().float()
         rows = w.reshape(-1, spec.group_size) if spec.granularity == "group" else w
-        scale = wq.scale.float().reshape(-1, 1) if spec.granularity != "tensor" else wq.scale.float().reshape(1, 1)
-        codes = torch.clamp(torch.round(rows / scale), qmin, qmax)
-        if not torch.equal((codes * scale).reshape(w.shape).to(layer.weight.dtype), layer.quantized_weight()):
+        shape = (-1, 1) if spec.granularity != "tensor" else (1, 1)
+        scale, zero = wq.scale.float().reshape(shape), wq.zero_point.float().reshape(shape)
+        codes = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax)
+        if not torch.equal(((codes - zero) * scale).reshape(w.shape).to(layer.weight.dtype),
+                           layer.quantized_weight()):
             return "integer weight codes do not reproduce the fake-quant weight"
-    scale = scale.expand(n, 1) if spec.granularity == "tensor" else scale.reshape(n, -1)
-    return codes.reshape(w.shape).to(torch.int8), scale.contiguous()
+    scale, zero = (t.expand(n, 1) if spec.granularity == "tensor" else t.reshape(n, -1) for t in (scale, zero))
+    return codes.reshape(w.shape).to(torch.int16), scale.contiguous(), zero.contiguous()
+
+
+def _int8_codes(codes: Tensor, zero: Tensor) -> Tensor | str:
+    """``codes - zero`` as int8 (one scale per row: the int8 kernels take no zero point for weights)."""
+    centred = codes - zero.to(codes.dtype)
+    if int(centred.min()) < -128 or int(centred.max()) > 127:
+        return "weight codes minus their zero point do not fit int8 (asymmetric 8-bit weights): runs fake-quant"
+    return centred.to(torch.int8)
 
 
 def choose(layer: nn.Module) -> tuple[str | None, str]:
@@ -75,12 +91,21 @@ def build(layer: QuantLinear, kind: str) -> nn.Module | str:
     found = weight_codes(layer)
     if isinstance(found, str):
         return found
-    codes, scale = found
+    codes, scale, zero = found
     bias = layer.bias
-    if kind == "w8a8":
-        return Int8Linear.from_codes(codes, scale.reshape(-1), bias, layer.input_quantizer)
-    if kind == "int8-weight":
-        return Int8WeightLinear.from_codes(codes, scale.reshape(-1), bias)
     if kind == "int4-weight":
-        return Int4Linear.from_codes(codes, scale, bias)
+        if layer.weight_quantizer.spec.symmetric:
+            return Int4Linear.from_codes(codes, scale, bias)
+        # unsigned codes in [0, 15] shifted onto the packer's signed [-8, 7], the zero point with them
+        zero = zero - 8
+        if float(zero.min()) < -128 or float(zero.max()) > 127:
+            return "4-bit zero points do not fit int8 (a free weight range far from 0): runs fake-quant"
+        return Int4Linear.from_codes(codes - 8, scale, bias, zero=zero.to(torch.int8))
+    centred = _int8_codes(codes, zero)
+    if isinstance(centred, str):
+        return centred
+    if kind == "w8a8":
+        return Int8Linear.from_codes(centred, scale.reshape(-1), bias, layer.input_quantizer)
+    if kind == "int8-weight":
+        return Int8WeightLinear.from_codes(centred, scale.reshape(-1), bias)
     raise ValueError(f"unknown export kind {kind!r}; known: {KINDS}")

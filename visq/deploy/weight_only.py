@@ -47,7 +47,9 @@ class Int8WeightLinear(nn.Module):
 
 
 class Int4Linear(nn.Module):
-    """Exported W4A16 ``nn.Linear``: ``packed`` uint8 (N, ceil(K / 2)), ``weight_scale`` (N, K / group).
+    """Exported W4A16 ``nn.Linear``: ``packed`` uint8 (N, ceil(K / 2)), ``weight_scale`` and ``weight_zero``
+    (N, K / group), float and int8; the weight is ``(q - weight_zero) * weight_scale`` with q the signed stored codes
+    (the zero is 0 for symmetric weights).
 
     A non-persistent ``kernel_weight`` holds tinygemm's own layout when the shape allows it; it is rebuilt after
     ``load_state_dict`` and when the layer moves to another device type.
@@ -60,6 +62,7 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.register_buffer("packed", torch.zeros(out_features, (in_features + 1) // 2, dtype=torch.uint8))
         self.register_buffer("weight_scale", torch.ones(out_features, in_features // group_size))
+        self.register_buffer("weight_zero", torch.zeros(out_features, in_features // group_size, dtype=torch.int8))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("kernel_weight", None, persistent=False)
         self.register_buffer("kernel_scales", None, persistent=False)
@@ -67,17 +70,27 @@ class Int4Linear(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, _: module.prepare())
 
     @classmethod
-    def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None) -> Int4Linear:
-        """Build from codes (N, K) in [-8, 7] and scales (N, groups) (groups 1: per channel)."""
+    def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None, zero: Tensor | None = None) -> Int4Linear:
+        """Build from codes (N, K) in [-8, 7], scales (N, groups) (groups 1: per channel) and, for asymmetric
+        weights, zero points (N, groups) on the same signed grid."""
         n, k = codes.shape
         scale = scale.reshape(n, -1)
         new = cls(k, n, k // scale.shape[1], bias is not None)
         new.packed.copy_(int4.pack(codes))
         new.weight_scale.copy_(scale)
+        if zero is not None:
+            if int(zero.min()) < -128 or int(zero.max()) > 127:
+                raise ValueError("4-bit zero points must fit int8 (a weight range that excludes 0 by far)")
+            new.weight_zero.copy_(zero.reshape(n, -1))
         if bias is not None:
             new.bias.copy_(bias.detach())
         new.prepare()
         return new
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # checkpoints written before asymmetric 4-bit weights were exported have no zero points: all 0
+        state_dict.setdefault(prefix + "weight_zero", torch.zeros_like(self.weight_zero))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def tinygemm(self) -> bool:
@@ -95,7 +108,7 @@ class Int4Linear(nn.Module):
             return
         self.kernel_weight = int4.tinygemm_pack(self.packed, self.in_features, self.packed.device)
         self.layout_device = self.packed.device.type
-        self.kernel_scales = int4.tinygemm_scales(self.weight_scale)
+        self.kernel_scales = int4.tinygemm_scales(self.weight_scale, self.weight_zero)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype == torch.bfloat16 and self.kernel_weight is not None:
@@ -103,7 +116,7 @@ class Int4Linear(nn.Module):
                 self.prepare()
             y = int4.tinygemm_mm(x, self.kernel_weight, self.kernel_scales, self.group_size, self.out_features)
             return y + self.bias.to(y.dtype) if self.bias is not None else y
-        weight = int4.dequantize(self.packed, self.weight_scale, self.in_features, x.dtype)
+        weight = int4.dequantize(self.packed, self.weight_scale, self.in_features, x.dtype, self.weight_zero)
         return F.linear(x, weight, self.bias.to(x.dtype) if self.bias is not None else None)
 
     def extra_repr(self) -> str:

@@ -1,8 +1,9 @@
 """Packed 4-bit weights: two signed codes a byte, group scales, and the matmuls that read them.
 
 Storage (what ``visq.save`` writes): ``packed`` uint8 (N, ceil(K / 2)) holding ``u = q + 8`` (q in [-8, 7]),
-element 2j in the low nibble and 2j + 1 in the high one; ``scale`` (N, K / group) float. The dequantized weight is
-``q * scale``, exactly what the symmetric fake quantizer produces.
+element 2j in the low nibble and 2j + 1 in the high one; ``scale`` and ``zero`` (N, K / group) float, ``zero``
+integer-valued (0 for symmetric weights; an asymmetric grid [0, 15] with zero point z is stored as q = u - 8 with
+zero z - 8). The dequantized weight is ``(q - zero) * scale``, exactly what the fake quantizer produces.
 
 Kernels:
 - ``tinygemm-cpu``: ``aten._weight_int4pack_mm_for_cpu`` for bf16 activations on CPU (scales rounded to bf16,
@@ -37,11 +38,15 @@ def unpack(packed: Tensor, k: int) -> Tensor:
     return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)[:, :k]
 
 
-def dequantize(packed: Tensor, scale: Tensor, k: int, dtype: torch.dtype) -> Tensor:
-    """The float weight (N, k): codes times their group's scale, computed in fp32 as the fake quantizer does."""
+def dequantize(packed: Tensor, scale: Tensor, k: int, dtype: torch.dtype, zero: Tensor | None = None) -> Tensor:
+    """The float weight (N, k): codes minus their group's zero point times its scale, in fp32 as the fake
+    quantizer computes it."""
     q = unpack(packed, k).float()
     groups = scale.shape[1]
-    w = q.reshape(q.shape[0], groups, k // groups) * scale.float()[..., None]
+    q = q.reshape(q.shape[0], groups, k // groups)
+    if zero is not None:
+        q = q - zero.float()[..., None]
+    w = q * scale.float()[..., None]
     return w.reshape(q.shape[0], k).to(dtype)
 
 
@@ -60,10 +65,12 @@ def tinygemm_pack(packed: Tensor, k: int, device: torch.device) -> Tensor:
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(device), 1)
 
 
-def tinygemm_scales(scale: Tensor) -> Tensor:
-    """Scales and zeros as tinygemm reads them: (K / group, N, 2) bf16, zero 0 (codes are centred at 8)."""
-    s = scale.t().to(torch.bfloat16)
-    return torch.stack((s, torch.zeros_like(s)), dim=-1).contiguous()
+def tinygemm_scales(scale: Tensor, zero: Tensor | None = None) -> Tensor:
+    """Scales and offsets as tinygemm reads them: (K / group, N, 2) bf16. tinygemm computes
+    ``(u - 8) * scale + offset`` from the stored nibble u = q + 8, so visq's ``(q - zero) * scale`` needs
+    ``offset = -zero * scale``."""
+    offset = torch.zeros_like(scale) if zero is None else -zero.float() * scale.float()
+    return torch.stack((scale.t(), offset.t()), dim=-1).to(torch.bfloat16).contiguous()
 
 
 def tinygemm_mm(x: Tensor, kernel_weight: Tensor, scales_zeros: Tensor, group: int, n: int) -> Tensor:
