@@ -30,7 +30,7 @@ class Config:
     bits: str = "w4a4"
     rank: int = 32  # LoRA rank of every quantized layer
     talsq: bool = True  # per-timestep learned activation step sizes (--no-talsq: one step per quantizer)
-    act_init: str = "minmax"  # activation step initialisation from calibration: minmax | mse (the code's) | lsq
+    act_init: str = "mse"  # activation step initialisation from calibration: mse (the code's) | minmax | lsq
     scale_aware: bool = True  # per-layer LoRA lr proportional to the mean weight step
     epochs: int = 10  # teacher trajectories; optimizer steps = epochs * steps
     batch: int = 2  # prompts / classes per trajectory
