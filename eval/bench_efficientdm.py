@@ -53,7 +53,7 @@ class Config:
     epochs: int = 10  # teacher trajectories of 20 steps: 200 optimizer steps per cell
     # this budget is 200 steps, not 16,000 (on shapes-dit W4A8, 40 steps: 16.7 -> 18.9 dB PSNR to float on 4
     # images with it, unchanged with the code's lr); 12.5x the code's LoRA lr (4e-4). 10x more (the "lr x10"
-    # ablation, this bench's earlier default) ended below the untrained PTQ initialisation at W4A8 on both models
+    # ablation, this bench's earlier default) ends below the untrained PTQ initialisation on both models
     lora_lr: float = 5e-3
     act_lr: float = 1e-3  # per unit of each activation quantizer's step size (the job's default)
     loss_weight: str = "x0"  # eps (the code) | mu (the paper) | x0 (pipelines.diffusion_finetune)

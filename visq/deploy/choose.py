@@ -94,13 +94,12 @@ def build(layer: QuantLinear, kind: str) -> nn.Module | str:
     codes, scale, zero = found
     bias = layer.bias
     if kind == "int4-weight":
-        if layer.weight_quantizer.spec.symmetric:
-            return Int4Linear.from_codes(codes, scale, bias)
-        # unsigned codes in [0, 15] shifted onto the packer's signed [-8, 7], the zero point with them
-        zero = zero - 8
+        # the packer stores signed codes in [-8, 7]: an unsigned grid [0, 15] shifts there, its zero point with it
+        shift = 0 if layer.weight_quantizer.spec.symmetric else 8
+        zero = zero - shift
         if float(zero.min()) < -128 or float(zero.max()) > 127:
             return "4-bit zero points do not fit int8 (a free weight range far from 0): runs fake-quant"
-        return Int4Linear.from_codes(codes - 8, scale, bias, zero=zero.to(torch.int8))
+        return Int4Linear.from_codes(codes - shift, scale, bias, zero=zero.to(torch.int8))
     centred = _int8_codes(codes, zero)
     if isinstance(centred, str):
         return centred

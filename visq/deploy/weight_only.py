@@ -72,7 +72,7 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None, zero: Tensor | None = None) -> Int4Linear:
         """Build from codes (N, K) in [-8, 7], scales (N, groups) (groups 1: per channel) and, for asymmetric
-        weights, zero points (N, groups) on the same signed grid."""
+        weights, integer zero points (N, groups) on the same signed grid (stored as int8)."""
         n, k = codes.shape
         scale = scale.reshape(n, -1)
         new = cls(k, n, k // scale.shape[1], bias is not None)

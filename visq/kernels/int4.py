@@ -1,9 +1,9 @@
 """Packed 4-bit weights: two signed codes a byte, group scales, and the matmuls that read them.
 
 Storage (what ``visq.save`` writes): ``packed`` uint8 (N, ceil(K / 2)) holding ``u = q + 8`` (q in [-8, 7]),
-element 2j in the low nibble and 2j + 1 in the high one; ``scale`` and ``zero`` (N, K / group) float, ``zero``
-integer-valued (0 for symmetric weights; an asymmetric grid [0, 15] with zero point z is stored as q = u - 8 with
-zero z - 8). The dequantized weight is ``(q - zero) * scale``, exactly what the fake quantizer produces.
+element 2j in the low nibble and 2j + 1 in the high one; ``scale`` (N, K / group) float and ``zero`` (N, K / group)
+int8 (0 for symmetric weights; an asymmetric grid [0, 15] with zero point z is stored as q = u - 8 with zero
+z - 8). The dequantized weight is ``(q - zero) * scale``, exactly what the fake quantizer produces.
 
 Kernels:
 - ``tinygemm-cpu``: ``aten._weight_int4pack_mm_for_cpu`` for bf16 activations on CPU (scales rounded to bf16,

@@ -12,8 +12,9 @@ trainable structure that ``visq.finetune`` distils.
 - the Q-Diffusion shortcut splitting of UNet decoder concat inputs (``split``), as every visq diffusion method.
 Initial ranges: weights from the recipe's range rule ("minmax" is the code's naive PTQ), activations by ``act_init``
 per timestep ("mse" by default, the official code's MSE range search, run here on each timestep's calls; on
-shapes-sd W4A4 it starts distillation at a third of min-max's loss and ends 2.6 dB higher, for ~2.5 minutes of
-calibration on a CPU instead of ~25 s; "minmax" is the cheap alternative).
+shapes-sd W4A4 it starts distillation at a third of min-max's loss and ends 2.2 dB higher after 200 steps
+(``eval/results/efficientdm.md``), for ~2.5 minutes of calibration on a CPU instead of ~25 s; "minmax" is the
+cheap alternative).
 Deviations, stated so results are comparable: visq's host keeps conv_in / conv_out / the time embedding float
 (the code runs them W8A8 without LoRA), quantizes the 1x1 shortcuts and down-sampling convolutions (the code keeps
 them float) and the attention q / k / v / probs like the PTQ baselines (the code does not quantize attention
