@@ -5,12 +5,16 @@ site float), once per candidate width. The site's error is measured on the whole
 against the float output) and on the output of the layer that owns it (the layer's input is float, so this is the
 layer's own error). Weight and activation sites are separate sites, so they are ranked separately. For a diffusion
 denoiser the calls are the float trajectory (one call per sampling step, classifier-free-guidance halves
-included), so the error is a one-step error per timestep, also reported per timestep. With labelled evaluation
+included), so the error is a one-step error per timestep, also reported per timestep; with ``over="trajectory"``
+it is instead the error of the final latents of whole sampling runs (only that site quantized at every step), which
+counts how a site's error compounds over the steps (one-step errors of different sites do not rank alike there:
+the shapes-sd benchmark in eval/bench_mixed.py measures both). With labelled evaluation
 data (a classifier), the top-1 change when only one layer (all its sites) is quantized is measured for the
 ``top_k`` most sensitive layers.
 
 Cost: one calibration pass per width, then ``widths x sites`` forward passes over the calibration calls (plus one
-re-run of each owning layer per call); keep the calibration small (a few batches / prompts).
+re-run of each owning layer per call), or a full sampling run per site and width and batch for ``over="trajectory"``;
+keep the calibration small (a few batches / prompts).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ from tqdm.auto import tqdm
 from visq import hosts, methods, recipes
 from visq.api import _eval_mode, quantize
 from visq.calibrate import CalibSet
+from visq.hosts.base import Host
 from visq.mixed import BITS, allocate, at_bits, is_weight_site, mean_bits, mixed_recipe, spec_bits
 from visq.quantizers import Quantizer, Uniform
 from visq.recipes import Recipe
@@ -101,6 +107,7 @@ class Diagnosis:
     histograms: list[Histogram] = field(default_factory=list)
     float_top1: float | None = None
     layer_top1: dict[str, float] = field(default_factory=dict)
+    over: str = "call"
 
     def sqnr(self, mse: float, power: float | None = None) -> float:
         """Signal-to-quantization-noise ratio in dB (inf for an exact output)."""
@@ -194,6 +201,7 @@ def doctor(
     histograms: int = 4,
     max_calls: int | None = None,
     roles: tuple[str, ...] = ("weight", "activation"),
+    over: str = "call",
     progress: bool = True,
     **method_kwargs: Any,
 ) -> Diagnosis:
@@ -209,6 +217,10 @@ def doctor(
         histograms: how many of the most sensitive sites get a value histogram with their grid (per role).
         max_calls: use at most this many calibration calls, evenly spaced (cost grows linearly with them).
         roles: which sites to measure: "weight" and / or "activation" (the others stay float while measuring).
+        over: what a site's model-output error is measured on. "call": each calibration call (one denoiser step
+            of the float trajectory; errors per timestep). "trajectory" (diffusion pipelines only): the final
+            latents of whole sampling runs over the calibration prompts with ``calib_options``, so the error
+            includes how it compounds over the steps; each site then costs a full sampling run per batch.
         progress: show a progress bar.
 
     Raises:
@@ -221,26 +233,28 @@ def doctor(
     if getattr(model, "visq_state", None) is not None:
         raise ValueError("doctor needs the float model: this one is already quantized; load a fresh float model")
     options = dict(calib_options or {})
+    _source(over, obj, host, calib, None, options)  # fail before the calibration runs
     calib_set = methods.get(recipe.method, **recipe.method_kwargs).collect(obj, calib, options)
     calib_set = calib_set or host.collect(obj, calib, options)
     if max_calls is not None and len(calib_set) > max_calls:
         step = len(calib_set) / max_calls
         calib_set = calib_set.subset(int(i * step) for i in range(max_calls))
-    with _eval_mode(model):
-        refs = [_first_tensor(out).float() for out in _outputs(model, calib_set)]
-    power = sum(r.pow(2).sum().item() for r in refs) / sum(r.numel() for r in refs)
     unknown = set(roles) - {"weight", "activation"}
     if unknown or not roles:
         raise ValueError(f"roles must be a non-empty subset of ('weight', 'activation'), got {roles}")
+    source = _source(over, obj, host, calib, calib_set, options)
+    with _eval_mode(model):
+        refs = [out for _, out in source.outputs(model)]
+    power = sum(r.pow(2).sum().item() for r in refs) / sum(r.numel() for r in refs)
     own = {role: b for role, b in _recipe_widths(recipe).items() if role in roles}
     widths = tuple(sorted(set(bits) | set(own.values())))
     state = _Measured(recipe, own)
     bar = tqdm(desc="doctor", total=None, disable=not progress)
     for width in widths:
-        state.run_width(model, calib_set, refs, width, bar, histograms)
+        state.run_width(model, calib_set, source, refs, width, bar, histograms)
     bar.close()
     diagnosis = Diagnosis(recipe, type(model).__name__, host.name, widths, power, state.reports(),
-                          len(calib_set), 0.0, state.histograms)
+                          len(calib_set), 0.0, state.histograms, over=over)
     if eval_data is not None:
         _top1_of_layers(diagnosis, state, eval_data, top_k, model)
     diagnosis.seconds = time.perf_counter() - start
@@ -273,10 +287,44 @@ def _first_tensor(out: Any) -> Tensor:
     raise TypeError(f"cannot find the output tensor in a {type(out).__name__}")
 
 
-def _outputs(model: nn.Module, calib: CalibSet):
-    with torch.no_grad():
-        for call in calib:
-            yield model(*call.args, **call.kwargs)
+class _Calls:
+    """Measure on the calibration calls: (timestep or -1, the model's output) per call."""
+
+    def __init__(self, calib: CalibSet) -> None:
+        self.calib = calib
+
+    def outputs(self, model: nn.Module) -> Iterator[tuple[float, Tensor]]:
+        with torch.no_grad():
+            for call in self.calib:
+                key = call.timestep if call.timestep is not None else -1.0
+                yield key, _first_tensor(model(*call.args, **call.kwargs)).float()
+
+
+class _Runs:
+    """Measure on whole sampling runs of a pipeline: (-1, final latents) per calibration batch, ``model`` as its
+    denoiser."""
+
+    def __init__(self, pipe: Any, calib: Any, options: dict[str, Any]) -> None:
+        self.pipe, self.calib, self.options = pipe, calib, options
+
+    def outputs(self, model: nn.Module) -> Iterator[tuple[float, Tensor]]:
+        from visq.hosts.diffusers import sample_runs
+
+        for out in sample_runs(self.pipe, self.calib, denoiser=model, **self.options):
+            yield -1.0, out
+
+
+def _source(over: str, obj: Any, host: Host, calib: Any, calib_set: CalibSet | None,
+            options: dict[str, Any]) -> _Calls | _Runs:
+    """What the errors are measured on; ``calib_set=None`` only validates ``over`` for ``obj`` and ``calib``."""
+    if over not in ("call", "trajectory"):
+        raise ValueError(f"over must be 'call' or 'trajectory', got {over!r}")
+    if over == "call":
+        return _Calls(calib_set)
+    if host.family != "diffusion" or host.target(obj) is obj or isinstance(calib, CalibSet):
+        raise ValueError("over='trajectory' samples the pipeline: pass a diffusers pipeline and calib= its prompts / "
+                         "class ids (not a bare denoiser or a captured CalibSet)")
+    return _Runs(obj, calib, options)
 
 
 class _Measured:
@@ -289,8 +337,8 @@ class _Measured:
         self.host: nn.Module | None = None  # the last width's copy, every site float (placeholders in place)
         self.histograms: list[Histogram] = []
 
-    def run_width(self, model: nn.Module, calib: CalibSet, refs: list[Tensor], width: int, bar: tqdm,
-                  n_hist: int) -> None:
+    def run_width(self, model: nn.Module, calib: CalibSet, source: _Calls | _Runs, refs: list[Tensor], width: int,
+                  bar: tqdm, n_hist: int) -> None:
         qmodel = copy.deepcopy(model)
         quantize(qmodel, at_bits(self.recipe, width, width), calib=calib, progress=False)
         qmodel.eval()
@@ -306,7 +354,7 @@ class _Measured:
             role = _role(site)
             at_own = self.own.get(role) == width
             probe = _Probe(qmodel, site, quantizer, owner_of[site], sample=at_own and role == "activation")
-            model_mse, timestep_mse = probe.run(calib, refs)
+            model_mse, timestep_mse = probe.run(source, refs)
             report = self._report(qmodel, site, role, owner_of[site], probe)
             report.model_mse[width], report.layer_mse[width] = model_mse, probe.layer_mse
             if at_own:
@@ -377,15 +425,15 @@ class _Probe:
         values = torch.cat(self.parts)
         return values[torch.randperm(len(values), generator=self.gen)[:_SAMPLE]]
 
-    def run(self, calib: CalibSet, refs: list[Tensor]) -> tuple[float, dict[float, float]]:
+    def run(self, source: _Calls | _Runs, refs: list[Tensor]) -> tuple[float, dict[float, float]]:
         handles = [self.model.get_submodule(self.owner).register_forward_hook(self._layer, with_kwargs=True),
                    self.quantizer.register_forward_pre_hook(self._input)]
         self.model.set_submodule(self.site, self.quantizer)
         per_t: dict[float, list[float]] = defaultdict(lambda: [0.0, 0])
         try:
-            for call, ref, out in zip(calib, refs, _outputs(self.model, calib)):
-                err = (_first_tensor(out).float() - ref).pow(2)
-                acc = per_t[call.timestep if call.timestep is not None else -1.0]
+            for (key, out), ref in zip(source.outputs(self.model), refs):
+                err = (out - ref).pow(2)
+                acc = per_t[key]
                 acc[0] += err.sum().item()
                 acc[1] += err.numel()
                 self.model_calls += 1

@@ -105,3 +105,36 @@ def test_roles_limit_what_is_measured():
         diag.mixed(activation_bits=6.0)
     with pytest.raises(ValueError, match="roles"):
         doctor(_fragile_mlp(), "w4a8", calib=x, roles=("bias",), progress=False)
+
+
+def test_trajectory_errors_are_those_of_whole_sampling_runs():
+    """over="trajectory": a site's error is the final-latent MSE of the pipeline with only that site quantized,
+    the same number a user gets by quantizing that one layer and sampling with the same seeds."""
+    from dataclasses import replace
+
+    from visq.hosts.diffusers import sample_runs
+    from visq.recipes import Recipe, Rule, parse
+    from visq.testing import tiny_sd
+
+    prompts, options = ["a red square", "a blue circle"], {"num_inference_steps": 2, "batch_size": 1}
+    pipe = tiny_sd()
+    unet = pipe.unet
+    diag = doctor(pipe, "w4a8", calib=prompts, bits=(), roles=("weight",), over="trajectory",
+                  calib_options=options, progress=False)
+    assert pipe.unet is unet and getattr(unet, "visq_state", None) is None and diag.over == "trajectory"
+    assert all(not s.timestep_mse for s in diag.sites)
+    reference = list(sample_runs(pipe, prompts, **options))
+    assert diag.output_power == pytest.approx(sum(r.pow(2).sum().item() for r in reference)
+                                              / sum(r.numel() for r in reference))
+    site = diag.sites[0]
+    spec = parse("w4a8").spec_for(site.site)[1]
+    alone = replace(Recipe(rules=(Rule(site.site, spec),), name="one-site"), keep_host_defaults=True)
+    visq.quantize(pipe, alone, calib=prompts, calib_options=options, progress=False)
+    runs = list(sample_runs(pipe, prompts, **options))
+    mse = sum((q - r).pow(2).sum().item() for q, r in zip(runs, reference)) / sum(r.numel() for r in reference)
+    assert site.model_mse[4] == pytest.approx(mse, rel=1e-4) and mse > 0
+    fresh = tiny_sd()
+    with pytest.raises(ValueError, match="samples the pipeline"):
+        doctor(fresh.unet, "w4a8", calib=prompts, over="trajectory", progress=False)
+    with pytest.raises(ValueError, match="over must be"):
+        doctor(fresh, "w4a8", calib=prompts, over="steps", progress=False)

@@ -6,6 +6,8 @@ from torch import nn
 
 import visq
 from visq.methods import noisyquant
+from visq.methods.dopq import DopQ
+from visq.methods.ias import IaS
 from visq.methods.repq import RepQ
 from visq.quantizers import Log2, SiteShape, Uniform, build
 from visq.quantizers.log2 import log_quantize
@@ -39,12 +41,14 @@ def test_all_positive_channel_gets_the_official_step():
     assert float(widened.scale) == pytest.approx(39.9 / 7, rel=1e-5)
 
 
-def test_repq_rules_do_not_force_zero_into_post_ln_ranges():
-    rules = Recipe(RepQ().rules(parse("w4a4").rules))
+@pytest.mark.parametrize("method", [RepQ, IaS, DopQ])
+def test_repq_rules_do_not_force_zero_into_post_ln_ranges(method):
+    rules = Recipe(method().rules(parse("w4a4").rules))
     for site in ("blocks.0.attn.qkv.input_quantizer", "blocks.0.mlp.fc1.input_quantizer"):
         spec = rules.spec_for(site)[1]
         assert spec.granularity == "channel" and not spec.include_zero
-    assert rules.spec_for("blocks.0.attn.probs_quantizer")[1].percentiles == (0.999, 0.9999, 0.99999)
+    if method is RepQ:  # I&S (SULQ) and DopQ (TanQ) quantize the probabilities with their own families
+        assert rules.spec_for("blocks.0.attn.probs_quantizer")[1].percentiles == (0.999, 0.9999, 0.99999)
     assert parse("w4a4").spec_for("blocks.0.attn.qkv.input_quantizer")[1].include_zero
 
 
@@ -111,3 +115,28 @@ def test_noisyquant_clip_alpha_one_is_the_calibrated_range(monkeypatch, symmetri
     with torch.no_grad():
         noisyquant.search_clip(layer[0], x, nn.functional.linear(x, weight, layer[0].bias), weight)
     assert torch.allclose(inner.scale, scale, rtol=1e-6) and torch.equal(inner.zero_point, zero)  # not 4/3 of it
+
+
+def test_noisyquant_mean_search_finds_the_shift_that_removes_a_constant_rounding_error():
+    """Inputs sit 0.3 steps above the integer grid (scale 1, range [0, 7]): shifting by -0.3 steps before rounding
+    and back after reproduces them exactly (Q(x + m) - m = x), the first such shift among the candidates."""
+    spec = Uniform(bits=3, symmetric=False, range="minmax")
+    layer = nn.Sequential(nn.Linear(16, 8))
+    recipe = Recipe((visq.Rule("*.weight_quantizer", Uniform(bits=8, symmetric=True, granularity="channel")),
+                     visq.Rule("*.input_quantizer", spec)), method="minmax")
+    grid = torch.arange(8.0).repeat(2, 2)  # (2, 16): the calibrated range is exactly [0, 7]
+    visq.quantize(layer, recipe, calib=grid, progress=False)
+    layer[0].input_quantizer = build(visq.quantizers.Noisy(inner=spec), SiteShape("activation", 16, -1))
+    inner = layer[0].input_quantizer.inner
+    inner.observe(grid)
+    inner.fit()
+    assert inner.scale.item() == pytest.approx(1.0)
+    x = torch.randint(0, 7, (64, 16), generator=torch.Generator().manual_seed(0)).float() + 0.3
+    weight = layer[0].quantized_weight().detach()
+    ref = nn.functional.linear(x, weight, layer[0].bias)
+    with torch.no_grad():
+        before = noisyquant._output_error(layer[0], x, ref, weight)
+        shift = noisyquant.search_mean(layer[0], x, ref, weight)
+        after = noisyquant._output_error(layer[0], x, ref, weight)
+    assert shift == pytest.approx(-0.3) and before > 0.01 and after < 1e-10
+    assert torch.allclose(layer[0].input_quantizer.noise, torch.full((16,), -0.3))

@@ -10,7 +10,7 @@ conditioning including the unconditional half under classifier-free guidance).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -222,22 +222,55 @@ def capture_trajectory(
         seed: generator seed of the first batch (batch i uses seed + i).
         call_kwargs: further pipeline arguments (guidance_scale, height, ...).
     """
-    arg, items = _pipeline_inputs(pipe, calib)
+    arg, _ = _pipeline_inputs(pipe, calib)
     recorder = _Recorder(cfg=arg != "batch_size" and _guidance(pipe, call_kwargs) > 1)
     handle = DiffusersHost().target(pipe).register_forward_pre_hook(recorder, with_kwargs=True)
+    try:
+        for _ in sample_runs(pipe, calib, num_inference_steps, batch_size, seed, on_run=recorder.start, **call_kwargs):
+            pass
+    finally:
+        handle.remove()
+    return CalibSet(recorder.calls)
+
+
+def sample_runs(
+    pipe: DiffusionPipeline,
+    calib: Any,
+    num_inference_steps: int = 10,
+    batch_size: int = 8,
+    seed: int = 0,
+    denoiser: nn.Module | None = None,
+    on_run: Callable[[int], None] | None = None,
+    **call_kwargs: Any,
+) -> Iterator[Tensor]:
+    """Sample the pipeline on the calibration items, one run per batch, and yield each run's final output.
+
+    The output is the final latents for text-to-image pipelines, the images (float, NHWC) otherwise. Batch i uses
+    generator seed + i, so two calls with the same arguments sample the same noise. ``denoiser`` replaces the
+    pipeline's own denoiser for these runs (e.g. a quantized copy; the pipeline is restored afterwards);
+    ``on_run(i)`` is called before run i. The arguments are those of ``capture_trajectory``.
+    """
+    arg, items = _pipeline_inputs(pipe, calib)
+    name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    own = getattr(pipe, name)
     progress = dict(getattr(pipe, "_progress_bar_config", {}))
     pipe.set_progress_bar_config(disable=True)
     try:
+        if denoiser is not None:
+            setattr(pipe, name, denoiser)
         for run, i in enumerate(range(0, len(items), batch_size)):
-            recorder.run, recorder.step = run, 0
+            if on_run is not None:
+                on_run(run)
             chunk = items[i : i + batch_size]
             value = len(chunk) if arg == "batch_size" else chunk
-            pipe(**{arg: value}, num_inference_steps=num_inference_steps, generator=torch.Generator().manual_seed(
-                seed + run), output_type="latent" if arg == "prompt" else "np", **call_kwargs)
+            with torch.no_grad():
+                out = pipe(**{arg: value}, num_inference_steps=num_inference_steps,
+                           generator=torch.Generator().manual_seed(seed + run),
+                           output_type="latent" if arg == "prompt" else "np", **call_kwargs).images
+            yield torch.as_tensor(out).float()
     finally:
-        handle.remove()
+        setattr(pipe, name, own)
         pipe._progress_bar_config = progress
-    return CalibSet(recorder.calls)
 
 
 class _Recorder:
@@ -246,6 +279,10 @@ class _Recorder:
     def __init__(self, cfg: bool) -> None:
         self.calls: list[Call] = []
         self.cfg, self.run, self.step = cfg, 0, 0
+
+    def start(self, run: int) -> None:
+        """A new sampling run begins: its calls are numbered from step 0."""
+        self.run, self.step = run, 0
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         detach = lambda x: x.detach().clone() if isinstance(x, Tensor) else x  # noqa: E731
