@@ -39,6 +39,11 @@ class Config:
     steps: int = 300
     zo_steps: int = 0  # ZO's steps (0: --steps); ZOODiP trains 30,000 steps where TI trains a few thousand
     lr: float = 5e-3  # ZOODiP's paper value (its script: 1e-2), for both methods
+    # ZO estimator settings (-1: ZOODiP's defaults n 2, tau 128, PUTS t in [500, 900))
+    zo_n: int = -1
+    zo_tau: int = -1
+    zo_t_low: int = -1
+    zo_t_high: int = -1
     batch: int = 1
     n_calib: int = 8  # training captions that calibrate the quantized UNet
     eval_every: int = 100  # steps between CLIP-I / CLIP-T evaluations (for steps-to-converge)
@@ -53,14 +58,32 @@ def method_steps(cfg: Config, method: str) -> int:
     return cfg.zo_steps if method == "zo" and cfg.zo_steps else cfg.steps
 
 
+ZO_FIELDS = ("zo_n", "zo_tau", "zo_t_low", "zo_t_high")
+
+
+def zo_settings(cfg: Config) -> dict[str, int]:
+    """The ZO estimator settings of ``cfg``: its overrides on top of ZOODiP's defaults."""
+    from visq.personalize import PersonalizeSettings
+
+    default = PersonalizeSettings()
+    own = {"n": cfg.zo_n, "tau": cfg.zo_tau, "t_low": cfg.zo_t_low, "t_high": cfg.zo_t_high}
+    return {k: v if v >= 0 else getattr(default, k) for k, v in own.items()}
+
+
 def cell_root(cfg: Config, method: str) -> Path:
-    """The folder of ``method``'s cells: one per recipe and step count, so runs of other settings never collide."""
-    return Path(cfg.out) / f"{cfg.recipe}_{method_steps(cfg, method)}steps"
+    """The folder of ``method``'s cells: one per recipe, step count and ZO setting, so runs of other settings never
+    collide."""
+    name = f"{cfg.recipe}_{method_steps(cfg, method)}steps"
+    if method == "zo":
+        z = zo_settings(cfg)
+        name += f"_n{z['n']}_tau{z['tau']}_t{z['t_low']}-{z['t_high']}"
+    return Path(cfg.out) / name
 
 
 def _cell_args(cfg: Config, concept: str, method: str) -> list[str]:
     own = {f.name for f in fields(job.Config)}
-    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in own}
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in own
+              and (method == "zo" or f.name not in ZO_FIELDS)}
     values |= {"out": cell_root(cfg, method), "steps": method_steps(cfg, method)}
     args = ["--concept", concept, "--method", method, "--no-progress"]
     for name, value in values.items():
@@ -140,7 +163,8 @@ def write_grid(cfg: Config, concept: str, cells: dict[str, dict]) -> Path:
 
 def command(cfg: Config) -> str:
     """The command line that measures ``cfg`` (the settings that change results)."""
-    shown = ("concepts", "steps", "lr", "recipe") + (("zo_steps",) if cfg.zo_steps else ())
+    shown = ("concepts", "steps", "lr", "recipe") + (("zo_steps",) if cfg.zo_steps else ()) + tuple(
+        f for f in ZO_FIELDS if getattr(cfg, f) != getattr(Config, f))
     return "python -m eval.bench_personalize " + " ".join(
         f"--{f.name.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
         for f in fields(cfg) for v in [getattr(cfg, f.name)] if f.name in shown)
@@ -148,7 +172,7 @@ def command(cfg: Config) -> str:
 
 def report(cfg: Config, results: dict[str, dict[str, dict]]) -> str:
     """``eval/results/personalize.md``."""
-    cmd = command(cfg)
+    cmd, z = command(cfg), zo_settings(cfg)
     lines = [
         "# Zeroth-order personalization of the quantized zoo pipeline", "",
         f"Command: `{cmd}` (seed {cfg.seed}). Model: zoo `shapes-sd`, UNet quantized {cfg.recipe.upper()} "
@@ -156,8 +180,11 @@ def report(cfg: Config, results: dict[str, dict[str, dict]]) -> str:
         "Concepts: held-out visq-shapes shapes no zoo model saw (`visq.zoo.shapes.generate_novel`), 6 reference "
         "images each, 8 held-out prompts (background + position pairs not among the references).",
         f"Backprop {cfg.steps} steps, ZO {method_steps(cfg, 'zo')} steps; both batch {cfg.batch}, Adam lr {cfg.lr} "
-        "constant, the same initialisation word. ZO: n = 2, mu = 1e-3, code normalisation, Subspace Gradient "
-        "tau = 128, nu = 1e-3, PUTS t in [500, 900), Adam eps 1e-3. Backprop: t in [0, 1000), Adam eps 1e-8. "
+        f"constant, the same initialisation word. ZO: n = {z['n']}, mu = 1e-3, code normalisation, "
+        + (f"Subspace Gradient tau = {z['tau']}, nu = 1e-3" if z["tau"] else "no Subspace Gradient")
+        + f", t in [{z['t_low']}, {z['t_high']})" + (" (PUTS)" if (z["t_low"], z["t_high"]) == (500, 900) else "")
+        + ", Adam eps 1e-3 (ZOODiP's defaults: n = 2, tau = 128, PUTS t in [500, 900)). "
+        "Backprop: t in [0, 1000), Adam eps 1e-8. "
         "ZOODiP quantizes weights only; with activation quantizers (`--recipe w8a8`) a difference at mu = 1e-3 "
         "measures their rounding jumps rather than the loss slope (`tests/personalize/test_personalize.py`).",
         "CLIP-I: judge-CLIP cosine between generated and reference images (mean over all pairs); CLIP-T: judge-CLIP "

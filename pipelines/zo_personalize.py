@@ -53,6 +53,12 @@ class Config:
     steps: int = 400
     batch: int = 1
     lr: float = 0.0  # 0: the method's default (PersonalizeSettings)
+    # ZO only, each -1 keeps ZOODiP's default (PersonalizeSettings): perturbations per step (2), Subspace Gradient
+    # period tau (128; 0 turns it off) and the timestep range [t_low, t_high) (PUTS: 500, 900)
+    zo_n: int = -1
+    zo_tau: int = -1
+    zo_t_low: int = -1
+    zo_t_high: int = -1
     n_refs: int = 6  # reference images of the concept
     n_prompts: int = 8  # held-out prompts that use the token
     eval_every: int = 100  # CLIP-I / CLIP-T during training (for steps-to-converge)
@@ -109,7 +115,10 @@ def _settings(cfg: Config):
     from visq.personalize import PersonalizeSettings
 
     extra = {"batch": cfg.batch, "init_word": CONCEPTS[cfg.concept][1], **({"lr": cfg.lr} if cfg.lr > 0 else {})}
-    return PersonalizeSettings(**extra) if cfg.method == "zo" else PersonalizeSettings.backprop(**extra)
+    if cfg.method != "zo":
+        return PersonalizeSettings.backprop(**extra)
+    zo = {"n": cfg.zo_n, "tau": cfg.zo_tau, "t_low": cfg.zo_t_low, "t_high": cfg.zo_t_high}
+    return PersonalizeSettings(**extra, **{k: v for k, v in zo.items() if v >= 0})
 
 
 def step_memory(pipe: Any, data: dict[str, Any], cfg: Config) -> dict[str, float]:
@@ -191,7 +200,7 @@ _IGNORED = ("out", "progress")
 def _finished(file: Path, cfg: Config) -> dict[str, Any]:
     """The finished cell's result, if it was measured with ``cfg``'s settings."""
     result = json.loads(file.read_text())
-    stored = {k: v for k, v in result["config"].items() if k not in _IGNORED}
+    stored = {k: v for k, v in {**asdict(Config()), **result["config"]}.items() if k not in _IGNORED}  # new fields
     wanted = {k: v for k, v in asdict(cfg).items() if k not in _IGNORED}
     if stored != wanted:
         diff = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}

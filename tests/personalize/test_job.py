@@ -60,12 +60,22 @@ def test_finished_cell_is_reused_only_with_the_same_settings(tmp_path):
 
 def test_bench_cells_and_command():
     cfg = bench.Config(steps=300, zo_steps=2000, out="runs/x")
-    assert bench.cell_root(cfg, "zo") == bench.Path("runs/x/w8a16_2000steps")
+    assert bench.cell_root(cfg, "zo") == bench.Path("runs/x/w8a16_2000steps_n2_tau128_t500-900")
     assert bench.cell_root(cfg, "backprop") == bench.Path("runs/x/w8a16_300steps")
     args = bench._cell_args(cfg, "heart", "zo")
-    assert args[args.index("--steps") + 1] == "2000" and args[args.index("--out") + 1] == "runs/x/w8a16_2000steps"
+    assert args[args.index("--steps") + 1] == "2000"
+    assert args[args.index("--out") + 1] == "runs/x/w8a16_2000steps_n2_tau128_t500-900"
     assert bench.command(cfg).endswith("--steps 300 --zo-steps 2000 --lr 0.005")
     assert "--zo-steps" not in bench.command(bench.Config())
+    tuned = bench.Config(zo_n=8, zo_tau=0, zo_t_low=0, zo_t_high=1000, out="runs/x")
+    assert bench.cell_root(tuned, "zo") == bench.Path("runs/x/w8a16_300steps_n8_tau0_t0-1000")
+    assert bench.command(tuned).endswith("--lr 0.005 --zo-n 8 --zo-tau 0 --zo-t-low 0 --zo-t-high 1000")
+    assert "--zo-n" not in bench._cell_args(tuned, "heart", "backprop")  # backprop cells are shared across ZO runs
+    zo_args = bench._cell_args(tuned, "heart", "zo")
+    assert zo_args[zo_args.index("--zo-tau") + 1] == "0"
+    settings = job._settings(job.Config(zo_n=8, zo_tau=0, zo_t_low=0, zo_t_high=1000))
+    assert (settings.n, settings.tau, settings.t_low, settings.t_high) == (8, 0, 0, 1000)
+    assert job._settings(job.Config(method="backprop", zo_n=8)).n == 2  # ZO fields never reach backprop
 
 
 def test_bench_readme_block_is_the_table(tmp_path):
