@@ -8,9 +8,11 @@ ViT (``shapes-vit``): ``visq.doctor`` measures every weight and activation site 
 calibration images; ``Diagnosis.mixed`` allocates weights and activations each at a mean of 4.0 and of 3.5 bits
 (size-weighted: weight elements, activation elements per image). Each recipe is then quantized with min-max
 activation ranges and with RepQ-ViT (the best PTQ method of ``eval/results/vit_ptq.md`` at W4A4) and scored by
-held-out top-1. shapes-sd: the doctor measures the weight sites over a short float trajectory; weights get a mean
-of 4.0 bits with activations at 8, quantized with min-max activation ranges and with EDA-DM (the best method at
-W4A8 of ``eval/results/diffusion_ptq.md``); scored by PSNR of same-seed images against float. Every row's weights
+held-out top-1. shapes-sd: the doctor measures the weight sites two ways, one-step errors on calls of a short float
+trajectory (``over="call"``) and whole-run errors on the final latents of short sampling runs
+(``over="trajectory"``); from each, weights get a mean of 4.0 and of 4.5 bits with activations at 8, quantized with
+min-max activation ranges and with EDA-DM (the best method at W4A8 of ``eval/results/diffusion_ptq.md``); scored by
+PSNR of same-seed images against float. Every row's weights
 use per-channel ranges with ``Config.weight_range`` clipping (MSE search: the setting these results were measured
 with). Every cell is written to the
 cache as soon as it is measured; a rerun skips finished cells.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -57,10 +60,11 @@ class Config:
     sd_calib_prompts: int = 8
     sd_doctor_prompts: int = 2
     sd_doctor_steps: int = 10
-    sd_doctor_calls: int = 3
+    sd_doctor_calls: int = 3  # the one-step doctor's denoiser calls (the trajectory doctor samples whole runs)
+    sd_doctors: tuple[str, ...] = ("call", "trajectory")  # visq.doctor(over=...): one-step or whole-run errors
     sd_steps: int = 20
     sd_guidance: float = 4.0
-    sd_budget: float = 4.0
+    sd_budgets: tuple[float, ...] = (4.0, 4.5)  # mean weight bits of the mixed rows
     sd_methods: tuple[str, ...] = ("minmax", "eda")
     runs: str = "runs/bench_mixed"
     # weight clipping range of every row (uniform, doctor, mixed): the results were measured with MSE-searched
@@ -149,6 +153,19 @@ def _sd_images(pipe: Any, prompts: list[str], cfg: Config) -> torch.Tensor:
     return torch.cat(out)
 
 
+def mixed_name(budget: float, over: str) -> str:
+    """Row name of a shapes-sd mixed recipe: its budget and which doctor allocated it."""
+    return f"mixed-w{budget:g}a8" + ("-traj" if over == "trajectory" else "")
+
+
+def predicted_gain_db(diag: Diagnosis, recipe: Recipe) -> float:
+    """The doctor's own forecast of ``recipe`` against the diagnosed uniform recipe: summed site MSEs, uniform over
+    mixed, in dB (the additive model the allocation optimises)."""
+    uniform_mse = sum(s.model_mse[s.bits] for s in diag.sites)
+    mixed_mse = sum(s.model_mse[recipe.spec_for(s.site)[1].bits] for s in diag.sites)
+    return 10 * math.log10(uniform_mse / mixed_mse)
+
+
 def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
     from eval.fidelity import psnr, ssim
     from visq import zoo
@@ -159,15 +176,19 @@ def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
     options = {"num_inference_steps": cfg.sd_steps, "guidance_scale": cfg.sd_guidance}
     reference = _sd_images(zoo.load("shapes-sd"), prompts, cfg)
     cell = cache
-    diag = _diagnosis(Path(cfg.runs) / "sd_doctor.json", lambda: visq.doctor(
-        zoo.load("shapes-sd"), uniform("w4a8", cfg), calib=calib[: cfg.sd_doctor_prompts], bits=WIDTHS,
-        roles=("weight",), max_calls=cfg.sd_doctor_calls,
-        calib_options={**options, "num_inference_steps": cfg.sd_doctor_steps}))
-    cell["doctor_seconds"], cell["doctor_calls"] = diag.seconds, diag.calls
-    mixed = diag.mixed(weight_bits=cfg.sd_budget)
-    recipes = {"w8a8": uniform("w8a8", cfg), "w4a8": uniform("w4a8", cfg), f"mixed-w{cfg.sd_budget:g}a8": mixed}
+    recipes = {"w8a8": uniform("w8a8", cfg), "w4a8": uniform("w4a8", cfg)}
+    diags = {}
+    for over in cfg.sd_doctors:
+        diags[over] = diag = _diagnosis(Path(cfg.runs) / f"sd_doctor_{over}.json", lambda over=over: visq.doctor(
+            zoo.load("shapes-sd"), uniform("w4a8", cfg), calib=calib[: cfg.sd_doctor_prompts], bits=WIDTHS,
+            roles=("weight",), over=over, max_calls=cfg.sd_doctor_calls if over == "call" else None,
+            calib_options={**options, "num_inference_steps": cfg.sd_doctor_steps}))
+        mixed = {b: diag.mixed(weight_bits=b) for b in cfg.sd_budgets}
+        cell.setdefault("doctors", {})[over] = {"seconds": diag.seconds, "calls": diag.calls, "predicted_db": {
+            f"{b:g}": predicted_gain_db(diag, r) for b, r in mixed.items()}}
+        recipes |= {mixed_name(b, over): r for b, r in mixed.items()}
     for method in cfg.sd_methods:
-        # after the baseline, the mixed row first: a method's calibration takes minutes, and w8a8 only bounds the gap
+        # after the baseline, the mixed rows first: a method's calibration takes minutes, and w8a8 only bounds the gap
         order = list(recipes.items()) if method == cfg.sd_methods[0] else list(recipes.items())[::-1]
         for name, recipe in order:
             key = f"{name}@{method}"
@@ -181,11 +202,13 @@ def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
             visq.freeze(pipe)
             images = _sd_images(pipe, prompts, cfg)
             cell[key] = {"psnr": psnr(images, reference).mean().item(), "ssim": ssim(images, reference).mean().item(),
-                         "calib_s": seconds, **_bits(diag, recipe)}
+                         "calib_s": seconds, **_bits(next(iter(diags.values())), recipe)}
             logging.info("sd %s: PSNR %.2f", key, cell[key]["psnr"])
             save()
-    report_html.write(Path(cfg.runs) / "sd_report.html", diag, title="visq doctor: shapes-sd, w4a8 min-max (weights)",
-                      mixed=_chosen(diag, mixed))
+    over = cfg.sd_doctors[-1]
+    report_html.write(Path(cfg.runs) / "sd_report.html", diags[over],
+                      title=f"visq doctor: shapes-sd, w4a8 min-max (weights, over={over})",
+                      mixed=_chosen(diags[over], recipes[mixed_name(cfg.sd_budgets[0], over)]))
 
 
 # -- the results file ------------------------------------------------------------------------------------------------
@@ -203,6 +226,13 @@ def _gap_closed(cells: dict[str, Any], metric: str, low: str, high: str, mixed: 
     except KeyError:
         return "not measured yet"
     return f"{100 * (mid - lo) / (hi - lo):.0f}% of the {low} -> {high} gap (column minmax)" if hi != lo else "no gap"
+
+
+def _measured_gain(sd: dict[str, Any], over: str, cfg: Config) -> str:
+    base = sd.get("w4a8@minmax", {}).get("psnr")
+    gains = [(b, sd[f"{mixed_name(b, over)}@minmax"]["psnr"] - base) for b in cfg.sd_budgets
+             if base is not None and f"{mixed_name(b, over)}@minmax" in sd]
+    return " (measured: " + ", ".join(f"{g:+.1f} dB" for _, g in gains) + ")" if gains else ""
 
 
 def render(cfg: Config, vit: dict[str, Any], sd: dict[str, Any], command: str) -> str:
@@ -237,21 +267,32 @@ def tables(cfg: Config, vit: dict[str, Any], sd: dict[str, Any]) -> list[str]:
         lines += [_row(n, vit, "top1", methods, "{:.2f}") for n in names]
         lines += ["", "Mixed W+A at a mean of 4.0 bits closes "
                   + _gap_closed(vit, "top1", "w4a4", "w8a8", "mixed-w4a4") + " (goal: at least 50%)."]
-    if "doctor_seconds" in sd:
+    if "doctors" in sd:
         methods = cfg.sd_methods
-        mixed = f"mixed-w{cfg.sd_budget:g}a8"
+        doctors = sd["doctors"]
         lines += ["", "### shapes-sd, PSNR (dB) of same-seed images against float", "",
                   f"{cfg.sd_prompts} held-out captions (`ShapesDataset('heldout', size={cfg.sd_prompts}, seed="
                   f"{cfg.seed + 1})`), one image each, generator seed {cfg.seed} + i, DDIM {cfg.sd_steps} steps, "
                   f"guidance {cfg.sd_guidance}; quantization calibrated on {cfg.sd_calib_prompts} training captions "
                   "with the same sampler. The doctor measures the weight sites only (activations stay at 8 bits) on "
-                  f"{sd.get('doctor_calls', '-')} denoiser calls ({cfg.sd_doctor_prompts} training captions, "
-                  f"{cfg.sd_doctor_steps}-step trajectory, evenly spaced calls; {sd.get('doctor_seconds', 0):.0f} s "
-                  "under the load of the time).", "",
+                  f"{cfg.sd_doctor_prompts} training captions with a {cfg.sd_doctor_steps}-step sampler, two ways: "
+                  "`mixed-*` rows from one-step errors (`over='call'`: "
+                  f"{doctors.get('call', {}).get('calls', '-')} evenly spaced denoiser calls, "
+                  f"{doctors.get('call', {}).get('seconds', 0):.0f} s), `mixed-*-traj` rows from whole-run errors "
+                  "(`over='trajectory'`: the final latents of the sampling run with only that site quantized, "
+                  f"{doctors.get('trajectory', {}).get('seconds', 0):.0f} s).", "",
                   "| recipe | mean bits W / A | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
-        lines += [_row(n, sd, "psnr", methods, "{:.2f}") for n in ("w8a8", "w4a8", mixed)]
-        lines += ["", f"Mixed weights at a mean of {cfg.sd_budget:g} bits with A8 close "
-                  + _gap_closed(sd, "psnr", "w4a8", "w8a8", mixed) + " (goal: at least 50%)."]
+        names = ["w8a8", "w4a8"] + [mixed_name(b, o) for o in cfg.sd_doctors for b in cfg.sd_budgets]
+        lines += [_row(n, sd, "psnr", methods, "{:.2f}") for n in names]
+        lines.append("")
+        for over in cfg.sd_doctors:
+            name = mixed_name(cfg.sd_budgets[0], over)
+            lines.append(f"- {name}: mixed weights at a mean of {cfg.sd_budgets[0]:g} bits with A8 (doctor over="
+                         f"{over!r}) close " + _gap_closed(sd, "psnr", "w4a8", "w8a8", name)
+                         + " (goal: at least 50%); the doctor's additive forecast for the allocation: "
+                         + ", ".join(f"+{db:.1f} dB at {b} bits" for b, db in
+                                     doctors.get(over, {}).get("predicted_db", {}).items())
+                         + _measured_gain(sd, over, cfg) + ".")
     return lines
 
 

@@ -75,7 +75,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     obj = _load_source(args.source)
     calib = _doctor_calib(obj, args)
     diag = visq.doctor(obj, args.recipe, method=args.method, calib=calib, bits=tuple(args.bits),
-                       roles=tuple(args.roles), max_calls=args.max_calls,
+                       roles=tuple(args.roles), max_calls=args.max_calls, over=args.over,
                        calib_options={"num_inference_steps": args.steps})
     print(diag.table(args.top))
     if args.out:
@@ -106,6 +106,9 @@ def _doctor_parser(sub: Any) -> None:
     d.add_argument("--roles", nargs="+", default=["weight", "activation"], choices=["weight", "activation"],
                    help="which sites to measure")
     d.add_argument("--max-calls", type=int, default=None, help="use at most this many calibration calls")
+    d.add_argument("--over", default="call", choices=["call", "trajectory"],
+                   help="errors per calibration call (one denoiser step), or on the final latents of whole sampling "
+                        "runs (diffusion pipelines; ranks by how errors compound, costs a run per site and width)")
     d.add_argument("--top", type=int, default=20, help="rows of the printed ranking")
     d.add_argument("--out", default=None, help="write the diagnosis JSON here")
     d.add_argument("--mixed-weight-bits", type=float, default=None, help="mean weight bits of a mixed recipe")

@@ -7,12 +7,19 @@ def test_tables_report_the_share_of_the_gap_closed():
            "w4a4@minmax": {"top1": 80.0, "weight_bits": 4.0, "activation_bits": 4.0},
            "mixed-w4a4@minmax": {"top1": 87.0, "weight_bits": 3.98, "activation_bits": 4.0},
            "mixed-w4a4@repq": {"top1": 89.5, "weight_bits": 3.98, "activation_bits": 4.0}}
-    sd = {"doctor_seconds": 5.0, "doctor_calls": 3, "w8a8@minmax": {"psnr": 40.0}, "w4a8@minmax": {"psnr": 30.0}}
+    sd = {"doctors": {"call": {"seconds": 5.0, "calls": 3, "predicted_db": {"4": 9.0, "4.5": 12.0}},
+                      "trajectory": {"seconds": 9.0, "calls": 2, "predicted_db": {"4": 5.0, "4.5": 8.0}}},
+          "w8a8@minmax": {"psnr": 40.0}, "w4a8@minmax": {"psnr": 30.0},
+          "mixed-w4a8-traj@minmax": {"psnr": 34.0, "weight_bits": 4.0}}
     text = render(Config(), vit, sd, "python -m eval.bench_mixed")
     assert "70% of the w4a4 -> w8a8 gap (column minmax)" in text
     assert "| mixed-w4a4 | 3.98 / 4.00 | 87.00 | 89.50 |" in text
     assert "| w3a3 | - | - | - |" in text
-    assert "not measured yet" in text  # the shapes-sd mixed cell is missing
+    assert "- mixed-w4a8: mixed weights at a mean of 4 bits with A8 (doctor over='call') close not measured" in text
+    assert ("- mixed-w4a8-traj: mixed weights at a mean of 4 bits with A8 (doctor over='trajectory') close 40% of "
+            "the w4a8 -> w8a8 gap (column minmax) (goal: at least 50%); the doctor's additive forecast for the "
+            "allocation: +5.0 dB at 4 bits, +8.0 dB at 4.5 bits (measured: +4.0 dB).") in text
+    assert "| mixed-w4a8-traj | 4.00 | 34.00 | - |" in text and "| mixed-w4.5a8 | - | - | - |" in text
 
 
 def test_readme_block_is_the_benchmark_output():
