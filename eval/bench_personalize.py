@@ -39,11 +39,10 @@ class Config:
     steps: int = 300
     zo_steps: int = 0  # ZO's steps (0: --steps); ZOODiP trains 30,000 steps where TI trains a few thousand
     lr: float = 5e-3  # ZOODiP's paper value (its script: 1e-2), for both methods
-    # ZO estimator settings (-1: ZOODiP's defaults n 2, tau 128, PUTS t in [500, 900))
-    zo_n: int = -1
-    zo_tau: int = -1
-    zo_t_low: int = -1
-    zo_t_high: int = -1
+    zo_n: int = -1  # ZO perturbations per step (-1: ZOODiP's 2)
+    zo_tau: int = -1  # ZO Subspace Gradient period (-1: ZOODiP's 128; 0: off)
+    zo_t_low: int = -1  # ZO timesteps drawn from [zo_t_low, zo_t_high) (-1: PUTS, 500)
+    zo_t_high: int = -1  # (-1: PUTS, 900)
     batch: int = 1
     n_calib: int = 8  # training captions that calibrate the quantized UNet
     eval_every: int = 100  # steps between CLIP-I / CLIP-T evaluations (for steps-to-converge)

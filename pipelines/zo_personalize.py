@@ -53,12 +53,10 @@ class Config:
     steps: int = 400
     batch: int = 1
     lr: float = 0.0  # 0: the method's default (PersonalizeSettings)
-    # ZO only, each -1 keeps ZOODiP's default (PersonalizeSettings): perturbations per step (2), Subspace Gradient
-    # period tau (128; 0 turns it off) and the timestep range [t_low, t_high) (PUTS: 500, 900)
-    zo_n: int = -1
-    zo_tau: int = -1
-    zo_t_low: int = -1
-    zo_t_high: int = -1
+    zo_n: int = -1  # ZO only: perturbations per step (-1: ZOODiP's 2)
+    zo_tau: int = -1  # ZO only: Subspace Gradient period (-1: ZOODiP's 128; 0: off)
+    zo_t_low: int = -1  # ZO only: timesteps drawn from [zo_t_low, zo_t_high) (-1: PUTS, 500)
+    zo_t_high: int = -1  # ZO only (-1: PUTS, 900)
     n_refs: int = 6  # reference images of the concept
     n_prompts: int = 8  # held-out prompts that use the token
     eval_every: int = 100  # CLIP-I / CLIP-T during training (for steps-to-converge)

@@ -126,8 +126,9 @@ def personalize(pipe: Any, images: Tensor, token: str = "<new>", prompts: list[s
                            save_every=checkpoint_every)
         try:
             train = fit(task, TrainSettings(
-                steps=steps, out_dir=str(out) if out else None, seed=seed, optimizer="adam", schedule="constant",
-                checkpoint_every=checkpoint_every, log_every=log_every, eval_every=eval_every, progress=progress,
+                steps=steps, out_dir=str(out) if out else None, seed=seed, optimizer="adam",
+                schedule=settings.schedule, checkpoint_every=checkpoint_every, log_every=log_every,
+                eval_every=eval_every, progress=progress,
                 desc=f"personalize {token} ({settings.method})"))
         finally:
             task.close()

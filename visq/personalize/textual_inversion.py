@@ -26,6 +26,7 @@ from visq.personalize.timesteps import sample_timesteps
 from visq.personalize.zo import ZOSettings, estimate
 from visq.quantizers import Quantizer
 from visq.train import StepOutput, TrainTask
+from visq.train.loop import SCHEDULES
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class PersonalizeSettings:
         tau, nu: Subspace Gradient buffer length / refresh period and dropped variance; ``tau=0`` disables it.
         t_low, t_high: timesteps drawn uniformly in [t_low, t_high) (PUTS: 500, 900; classic TI: 0, 1000).
         init_word: a word whose embedding initialises the token.
+        schedule: learning-rate schedule over the run (``visq.train``: "constant" as ZOODiP, "cosine", "linear").
     """
 
     method: str = "zo"
@@ -59,6 +61,7 @@ class PersonalizeSettings:
     t_low: int = 500
     t_high: int = 900
     init_word: str = "circle"
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -66,6 +69,8 @@ class PersonalizeSettings:
         if self.batch < 1 or self.lr <= 0:
             raise ValueError(f"batch must be >= 1 and lr > 0, got batch={self.batch}, lr={self.lr}")
         ZOSettings(self.n, self.mu, self.normalize)  # validates
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
     @classmethod
     def backprop(cls, **overrides: Any) -> PersonalizeSettings:
