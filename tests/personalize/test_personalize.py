@@ -156,3 +156,15 @@ def test_bad_input_errors():
         personalize(pipe, _images(), "red", ["a red"] * 2, steps=1, progress=False)
     with pytest.raises(ValueError, match="method"):
         PersonalizeSettings(method="sgd")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        PersonalizeSettings(schedule="step")
+
+
+def test_schedule_reaches_the_training_loop(tmp_path):
+    settings = PersonalizeSettings(init_word="red", schedule="linear", lr=0.01)
+    personalize(_pipe(), _images(), TOKEN, PROMPTS, settings=settings, steps=4, out_dir=tmp_path, log_every=1,
+                load=False, progress=False)
+    from visq.train import read_metrics
+
+    lrs = [m["lr"] for m in read_metrics(tmp_path) if "lr" in m]
+    assert lrs == pytest.approx([0.0075, 0.005, 0.0025, 0.0])  # linear to 0, logged after each step's update
