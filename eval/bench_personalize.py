@@ -39,6 +39,7 @@ class Config:
     steps: int = 300
     zo_steps: int = 0  # ZO's steps (0: --steps); ZOODiP trains 30,000 steps where TI trains a few thousand
     lr: float = 5e-3  # ZOODiP's paper value (its script: 1e-2), for both methods
+    schedule: str = "constant"  # learning-rate schedule of both methods: constant (ZOODiP), cosine or linear
     zo_n: int = -1  # ZO perturbations per step (-1: ZOODiP's 2)
     zo_tau: int = -1  # ZO Subspace Gradient period (-1: ZOODiP's 128; 0: off)
     zo_t_low: int = -1  # ZO timesteps drawn from [zo_t_low, zo_t_high) (-1: PUTS, 500)
@@ -70,9 +71,10 @@ def zo_settings(cfg: Config) -> dict[str, int]:
 
 
 def cell_root(cfg: Config, method: str) -> Path:
-    """The folder of ``method``'s cells: one per recipe, step count and ZO setting, so runs of other settings never
-    collide."""
+    """The folder of ``method``'s cells: one per recipe, step count, schedule and ZO setting, so runs of other settings
+    never collide."""
     name = f"{cfg.recipe}_{method_steps(cfg, method)}steps"
+    name += f"_{cfg.schedule}" if cfg.schedule != "constant" else ""
     if method == "zo":
         z = zo_settings(cfg)
         name += f"_n{z['n']}_tau{z['tau']}_t{z['t_low']}-{z['t_high']}"
@@ -163,7 +165,7 @@ def write_grid(cfg: Config, concept: str, cells: dict[str, dict]) -> Path:
 def command(cfg: Config) -> str:
     """The command line that measures ``cfg`` (the settings that change results)."""
     shown = ("concepts", "steps", "lr", "recipe") + (("zo_steps",) if cfg.zo_steps else ()) + tuple(
-        f for f in ZO_FIELDS if getattr(cfg, f) != getattr(Config, f))
+        f for f in ("schedule", *ZO_FIELDS) if getattr(cfg, f) != getattr(Config, f))
     return "python -m eval.bench_personalize " + " ".join(
         f"--{f.name.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
         for f in fields(cfg) for v in [getattr(cfg, f.name)] if f.name in shown)
@@ -179,7 +181,7 @@ def report(cfg: Config, results: dict[str, dict[str, dict]]) -> str:
         "Concepts: held-out visq-shapes shapes no zoo model saw (`visq.zoo.shapes.generate_novel`), 6 reference "
         "images each, 8 held-out prompts (background + position pairs not among the references).",
         f"Backprop {cfg.steps} steps, ZO {method_steps(cfg, 'zo')} steps; both batch {cfg.batch}, Adam lr {cfg.lr} "
-        f"constant, the same initialisation word. ZO: n = {z['n']}, mu = 1e-3, code normalisation, "
+        f"{cfg.schedule}, the same initialisation word. ZO: n = {z['n']}, mu = 1e-3, code normalisation, "
         + (f"Subspace Gradient tau = {z['tau']}, nu = 1e-3" if z["tau"] else "no Subspace Gradient")
         + f", t in [{z['t_low']}, {z['t_high']})" + (" (PUTS)" if (z["t_low"], z["t_high"]) == (500, 900) else "")
         + ", Adam eps 1e-3 (ZOODiP's defaults: n = 2, tau = 128, PUTS t in [500, 900)). "

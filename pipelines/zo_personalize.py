@@ -53,6 +53,7 @@ class Config:
     steps: int = 400
     batch: int = 1
     lr: float = 0.0  # 0: the method's default (PersonalizeSettings)
+    schedule: str = "constant"  # learning-rate schedule of both methods: constant (ZOODiP), cosine or linear
     zo_n: int = -1  # ZO only: perturbations per step (-1: ZOODiP's 2)
     zo_tau: int = -1  # ZO only: Subspace Gradient period (-1: ZOODiP's 128; 0: off)
     zo_t_low: int = -1  # ZO only: timesteps drawn from [zo_t_low, zo_t_high) (-1: PUTS, 500)
@@ -112,7 +113,8 @@ def _pipeline(cfg: Config):
 def _settings(cfg: Config):
     from visq.personalize import PersonalizeSettings
 
-    extra = {"batch": cfg.batch, "init_word": CONCEPTS[cfg.concept][1], **({"lr": cfg.lr} if cfg.lr > 0 else {})}
+    extra = {"batch": cfg.batch, "init_word": CONCEPTS[cfg.concept][1], "schedule": cfg.schedule,
+             **({"lr": cfg.lr} if cfg.lr > 0 else {})}
     if cfg.method != "zo":
         return PersonalizeSettings.backprop(**extra)
     zo = {"n": cfg.zo_n, "tau": cfg.zo_tau, "t_low": cfg.zo_t_low, "t_high": cfg.zo_t_high}

@@ -76,6 +76,10 @@ def test_bench_cells_and_command():
     settings = job._settings(job.Config(zo_n=8, zo_tau=0, zo_t_low=0, zo_t_high=1000))
     assert (settings.n, settings.tau, settings.t_low, settings.t_high) == (8, 0, 0, 1000)
     assert job._settings(job.Config(method="backprop", zo_n=8)).n == 2  # ZO fields never reach backprop
+    cosine = bench.Config(schedule="cosine", out="runs/x")
+    assert bench.cell_root(cosine, "backprop") == bench.Path("runs/x/w8a16_300steps_cosine")
+    assert bench.command(cosine).endswith("--lr 0.005 --schedule cosine")
+    assert job._settings(job.Config(method="backprop", schedule="cosine")).schedule == "cosine"
 
 
 def test_bench_readme_block_is_the_table(tmp_path):
