@@ -21,6 +21,7 @@ cache as soon as it is measured; a rerun skips finished cells.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -83,7 +84,7 @@ def _vit_cells(cfg: Config, cache: dict[str, Any], save) -> None:
     if "float" not in cell:
         cell["float"] = {"top1": bench_vit.top1(bench_vit.load_vit(vcfg), data)}
         save()
-    diag = _diagnosis(Path(cfg.runs) / "vit_doctor.json", lambda: visq.doctor(
+    diag = _diagnosis(doctor_path("vit"), lambda: visq.doctor(
         bench_vit.load_vit(vcfg), uniform("w4a4", cfg), calib=calib, bits=WIDTHS,
         eval_data=(normalize(data[0]), data[1]), top_k=5))
     cell["doctor_seconds"] = diag.seconds
@@ -93,18 +94,24 @@ def _vit_cells(cfg: Config, cache: dict[str, Any], save) -> None:
     for method in cfg.vit_methods:
         for name, recipe in recipes.items():
             key = f"{name}@{method}"
-            if key in cell:
+            if _done(cell, key, recipe):
                 continue
             model = bench_vit.load_vit(vcfg)
             start = time.perf_counter()
             visq.quantize(model, recipe, method=method, calib=calib, progress=False)
             seconds = time.perf_counter() - start
             visq.freeze(model)
-            cell[key] = {"top1": bench_vit.top1(model, data), "calib_s": seconds, **_bits(diag, recipe)}
+            cell[key] = {"top1": bench_vit.top1(model, data), "calib_s": seconds, **_bits(diag, recipe),
+                         "recipe": digest(recipe)}
             logging.info("vit %s: top-1 %.2f", key, cell[key]["top1"])
             save()
     report_html.write(Path(cfg.runs) / "vit_report.html", diag, title="visq doctor: zoo ViT, w4a4 min-max",
                       mixed=_chosen(diag, recipes[f"mixed-w{cfg.vit_budgets[0]:g}a{cfg.vit_budgets[0]:g}"]))
+
+
+def doctor_path(name: str) -> Path:
+    """Where a diagnosis is kept: beside the results (committed), so a rerun on another machine reuses it."""
+    return OUT.with_name(f"mixed_{name}_doctor.json")
 
 
 def _diagnosis(path: Path, run) -> Diagnosis:
@@ -115,6 +122,17 @@ def _diagnosis(path: Path, run) -> Diagnosis:
     diag = run()
     diag.save(path)
     return diag
+
+
+def digest(recipe: Recipe) -> str:
+    """A short fingerprint of a recipe's rules: a cached cell is reused only for the very recipe it measured."""
+    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _done(cache: dict[str, Any], key: str, recipe: Recipe) -> bool:
+    """Whether ``key`` is cached for ``recipe`` (a cell of another allocation, or of none recorded, is measured
+    again)."""
+    return key in cache and cache[key].get("recipe") == digest(recipe)
 
 
 def uniform(name: str, cfg: Config) -> Recipe:
@@ -179,7 +197,7 @@ def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
     recipes = {"w8a8": uniform("w8a8", cfg), "w4a8": uniform("w4a8", cfg)}
     diags = {}
     for over in cfg.sd_doctors:
-        diags[over] = diag = _diagnosis(Path(cfg.runs) / f"sd_doctor_{over}.json", lambda over=over: visq.doctor(
+        diags[over] = diag = _diagnosis(doctor_path(f"sd_{over}"), lambda over=over: visq.doctor(
             zoo.load("shapes-sd"), uniform("w4a8", cfg), calib=calib[: cfg.sd_doctor_prompts], bits=WIDTHS,
             roles=("weight",), over=over, max_calls=cfg.sd_doctor_calls if over == "call" else None,
             calib_options={**options, "num_inference_steps": cfg.sd_doctor_steps}))
@@ -192,7 +210,7 @@ def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
         order = list(recipes.items()) if method == cfg.sd_methods[0] else list(recipes.items())[::-1]
         for name, recipe in order:
             key = f"{name}@{method}"
-            if key in cell:
+            if _done(cell, key, recipe):
                 continue
             pipe = zoo.load("shapes-sd")
             start = time.perf_counter()
@@ -202,7 +220,7 @@ def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
             visq.freeze(pipe)
             images = _sd_images(pipe, prompts, cfg)
             cell[key] = {"psnr": psnr(images, reference).mean().item(), "ssim": ssim(images, reference).mean().item(),
-                         "calib_s": seconds, **_bits(next(iter(diags.values())), recipe)}
+                         "calib_s": seconds, **_bits(next(iter(diags.values())), recipe), "recipe": digest(recipe)}
             logging.info("sd %s: PSNR %.2f", key, cell[key]["psnr"])
             save()
     over = cfg.sd_doctors[-1]
@@ -316,7 +334,7 @@ def main(cfg: Config = Config(), command: str = "python -m eval.bench_mixed", re
         setup = json.loads(json.dumps({**setup, "weights": zoo.fingerprint(model)}))  # JSON: lists, not tuples
         if part in cfg.parts and caches[part].setdefault("setup", setup) != setup:
             raise ValueError(f"{OUT.with_name(f'mixed_{part}.json')} holds cells of another setup; delete it (and "
-                             f"{cfg.runs}/{part}_doctor.json) to start afresh")
+                             f"{doctor_path(part + '*')}) to start afresh")
 
     def saver(part: str):
         def save() -> None:
