@@ -192,8 +192,9 @@ def report(cfg: Config, results: dict[str, dict[str, dict]]) -> str:
         "cosine between each image and its prompt with the token written as the concept's words (the judge never "
         "saw these shape words, so CLIP-T mostly reads background and position). Memory: peak tensor memory of 4 "
         "training steps traced through torch's allocator events (`eval.memory.traced_peak_mb`, same for every "
-        "method) plus the pipeline's resident parameters and buffers; and each process's peak RSS (libraries "
-        "included). Seconds per step: 4 steps after a warm-up, measured on a shared, heavily loaded 2-core CPU. "
+        "method) plus the pipeline's resident parameters and buffers; and each process's peak RSS over loading, "
+        "training and scoring (libraries included; read before the traced steps, whose profiler trace stays "
+        "resident). Seconds per step: 4 steps after a warm-up, measured on a shared 2-core CPU. "
         "Steps to converge: first evaluation (every "
         f"{cfg.eval_every} steps) reaching 95% of the run's final CLIP-I gain over the initial token.", "",
         *table(cfg, results), ""]

@@ -94,3 +94,22 @@ def test_bench_readme_block_is_the_table(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="lacks the markers"):
         bench.write_readme(cfg, {"heart": {"none": cell}})
+
+
+def test_peak_rss_is_read_before_the_traced_steps(tmp_path, monkeypatch):
+    """The profiler's event trace of the traced steps stays resident (ZO's n + 1 forwards per step: 9x the events of
+    a backprop step), so the cell reads its peak RSS first and traces the steps last, on a fresh pipeline."""
+    import visq.train
+
+    order = []
+    monkeypatch.setattr(visq.train, "peak_memory_mb", lambda: order.append("rss") or 1.0)
+
+    def traced(pipe, data, cfg):
+        assert job.TOKEN not in pipe.tokenizer.get_vocab()  # a fresh pipeline, not the one holding the learned token
+        order.append("traced")
+        return {"sec_per_step": 0.1, "step_peak_mb": 1.0, "resident_mb": 1.0}
+
+    monkeypatch.setattr(job, "step_memory", traced)
+    cfg = job.Config(out=str(tmp_path), steps=1, n_refs=1, n_prompts=1, n_calib=1, eval_every=0, progress=False)
+    result = job.main(cfg)
+    assert order == ["rss", "traced"] and result["peak_rss_mb"] == 1.0 and result["memory"]["step_peak_mb"] == 1.0
