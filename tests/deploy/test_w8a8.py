@@ -88,7 +88,7 @@ def test_sd_unet_per_timestep_codes_within_one_step():
     kernel = "oneDNN qlinear" if onednn.available() else "_int_mm"
     assert f"int8 {kernel} W8A8 (static per-tensor act" in text
     assert "conv_in" not in text.split("fake-quant layers")[1]  # a float layer is not listed as fake-quant
-    assert "convolution: no int8 conv kernel exported, runs fake-quant" in text
+    assert "convolution with quantized inputs: no int8 conv kernel exported, runs fake-quant" in text
     assert "attention q / k / v / probs quantizers: " in text
 
 

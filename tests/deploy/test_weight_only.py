@@ -9,7 +9,7 @@ from torch import nn
 
 import visq
 from tests.deploy.conftest import fake_and_exported
-from visq.deploy.weight_only import Int4Linear, Int8WeightLinear
+from visq.deploy.weight_only import Int4Linear, Int8WeightConv2d, Int8WeightLinear
 from visq.kernels import int4
 
 
@@ -92,3 +92,35 @@ def test_asymmetric_8bit_weights_that_do_not_fit_int8_stay_fake_quant():
     x = torch.randn(3, 16)
     with torch.no_grad():
         assert torch.equal(out(x), ref(x))
+
+
+def _convnet() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3, stride=2, groups=4),
+                         nn.SiLU(), nn.Conv2d(16, 8, 1, bias=False)).eval()
+
+
+@pytest.mark.parametrize("recipe", ["w8a16", "w4a16"])
+def test_int8_conv_storage_matches_fake_quant_and_round_trips(recipe, tmp_path):
+    x = torch.randn(2, 3, 12, 12)
+    ref, out = fake_and_exported(visq.quantize(_convnet(), recipe, calib=x, progress=False))
+    assert all(isinstance(out[i], Int8WeightConv2d) for i in (0, 2, 4))
+    assert out[0].qweight.dtype == torch.int8 and out[0].qweight.shape == (16, 3, 3, 3)
+    assert not any(p.dtype == torch.float32 and p.ndim == 4 for p in out.state_dict().values())  # no float kernels
+    y = torch.randn(3, 3, 12, 12)
+    with torch.no_grad():
+        expected = ref(y)
+        assert torch.equal(out(y), expected)  # fp32: the fake-quant weight, dequantized from its codes
+    assert "int8 weight storage (dequantized per call + F.conv2d)" in visq.summary(out)
+    visq.save(out, tmp_path)
+    loaded = visq.load(_convnet(), tmp_path)
+    assert isinstance(loaded[2], Int8WeightConv2d) and loaded[2].conv["groups"] == 4
+    with torch.no_grad():
+        assert torch.equal(loaded(y), expected)
+
+
+def test_convolutions_with_quantized_inputs_stay_fake_quant():
+    x = torch.randn(2, 3, 12, 12)
+    ref, out = fake_and_exported(visq.quantize(_convnet(), "w8a8", calib=x, progress=False))
+    assert not any(isinstance(m, Int8WeightConv2d) for m in out.modules())
+    assert "convolution with quantized inputs" in visq.summary(out)

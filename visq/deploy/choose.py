@@ -6,7 +6,9 @@ A layer is exported only when its integer form reproduces the fake-quant weight 
   per token) -> ``Int8Linear``;
 - ``QuantLinear`` without an input quantizer: <= 4-bit per-channel / per-group weights (symmetric or asymmetric)
   -> ``Int4Linear``; 5-8 bits per channel -> ``Int8WeightLinear``;
-- everything else (convolutions, log2 / twin / split quantizers) keeps its fake-quant forward.
+- ``QuantConv2d`` without an input quantizer, <= 8-bit per-channel / per-tensor weights -> ``Int8WeightConv2d``
+  (int8 storage, dequantized per call: there is no integer convolution kernel to call);
+- everything else (convolutions with quantized inputs, log2 / twin / split quantizers) keeps its fake-quant forward.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from visq.deploy.w8a8 import Int8Linear
-from visq.deploy.weight_only import Int4Linear, Int8WeightLinear
+from visq.deploy.weight_only import Int4Linear, Int8WeightConv2d, Int8WeightLinear
 from visq.modules import QuantConv2d, QuantLinear
 from visq.quantizers.uniform import UniformQuantizer
 
-KINDS = ("w8a8", "int8-weight", "int4-weight")
+KINDS = ("w8a8", "int8-weight", "int4-weight", "int8-weight-conv")
 
 
-def weight_codes(layer: QuantLinear) -> tuple[Tensor, Tensor, Tensor] | str:
-    """(codes (N, K), scale (N, G), zero (N, G)) of a uniform weight quantizer, or why there are none.
+def weight_codes(layer: QuantLinear | QuantConv2d) -> tuple[Tensor, Tensor, Tensor] | str:
+    """(codes (N, K) or the kernel's shape, scale (N, G), zero (N, G)) of a uniform weight quantizer, or why there
+    are none.
 
     ``codes`` lie on the spec's grid (signed for symmetric specs, unsigned for asymmetric ones) and the weight is
     ``(codes - zero) * scale`` per group of ``K / G`` inputs (G = 1: per channel or per tensor); ``zero`` is 0 for
@@ -36,10 +39,10 @@ def weight_codes(layer: QuantLinear) -> tuple[Tensor, Tensor, Tensor] | str:
     if spec.bits > 8 or spec.granularity not in ("channel", "tensor", "group"):
         return f"weight spec {spec.short()} has no integer kernel (needs <= 8 bits, per channel / group / tensor)"
     qmin, qmax = spec.qrange
-    n = layer.out_features
+    n = layer.weight.shape[0]
     with torch.no_grad():
         w = layer.weight.detach().float()
-        rows = w.reshape(-1, spec.group_size) if spec.granularity == "group" else w
+        rows = w.reshape(-1, spec.group_size) if spec.granularity == "group" else w.reshape(n, -1)
         shape = (-1, 1) if spec.granularity != "tensor" else (1, 1)
         scale, zero = wq.scale.float().reshape(shape), wq.zero_point.float().reshape(shape)
         codes = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax)
@@ -61,7 +64,7 @@ def _int8_codes(codes: Tensor, zero: Tensor) -> Tensor | str:
 def choose(layer: nn.Module) -> tuple[str | None, str]:
     """(kind, reason): the export kind for ``layer`` (None: stays fake-quant) and the reason ``summary`` shows."""
     if isinstance(layer, QuantConv2d):
-        return None, "convolution: no int8 conv kernel exported, runs fake-quant"
+        return _choose_conv(layer)
     if not isinstance(layer, QuantLinear):
         return None, f"{type(layer).__name__} has no exported form"
     if layer.weight_quantizer is None:
@@ -86,7 +89,19 @@ def choose(layer: nn.Module) -> tuple[str | None, str]:
     return "w8a8", ""
 
 
-def build(layer: QuantLinear, kind: str) -> nn.Module | str:
+def _choose_conv(layer: QuantConv2d) -> tuple[str | None, str]:
+    if layer.weight_quantizer is None:
+        return None, "weights float (activation-only quantization): runs fake-quant"
+    if layer.input_quantizer is not None:
+        return None, "convolution with quantized inputs: no int8 conv kernel exported, runs fake-quant"
+    if layer.padding_mode != "zeros":
+        return None, f"convolution with padding_mode={layer.padding_mode!r}: runs fake-quant"
+    if layer.weight_quantizer.spec.granularity == "group":
+        return None, "group-wise convolution weights: runs fake-quant"
+    return "int8-weight-conv", ""
+
+
+def build(layer: QuantLinear | QuantConv2d, kind: str) -> nn.Module | str:
     """The exported module of ``kind`` for ``layer``, or why it cannot be built."""
     found = weight_codes(layer)
     if isinstance(found, str):
@@ -100,11 +115,13 @@ def build(layer: QuantLinear, kind: str) -> nn.Module | str:
         if float(zero.min()) < -128 or float(zero.max()) > 127:
             return "4-bit zero points do not fit int8 (a free weight range far from 0): runs fake-quant"
         return Int4Linear.from_codes(codes - shift, scale, bias, zero=zero.to(torch.int8))
-    centred = _int8_codes(codes, zero)
+    centred = _int8_codes(codes.reshape(codes.shape[0], -1), zero)  # conv kernels: one row per output channel
     if isinstance(centred, str):
         return centred
     if kind == "w8a8":
         return Int8Linear.from_codes(centred, scale.reshape(-1), bias, layer.input_quantizer)
     if kind == "int8-weight":
         return Int8WeightLinear.from_codes(centred, scale.reshape(-1), bias)
+    if kind == "int8-weight-conv":
+        return Int8WeightConv2d.from_codes(centred.reshape(codes.shape), scale.reshape(-1), bias, layer)
     raise ValueError(f"unknown export kind {kind!r}; known: {KINDS}")

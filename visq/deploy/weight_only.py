@@ -1,4 +1,5 @@
-"""Weight-only exported linears: int8 weights (``aten._weight_int8pack_mm``) and packed 4-bit weights.
+"""Weight-only exported layers: int8 linear weights (``aten._weight_int8pack_mm``), packed 4-bit linear weights, and
+int8 convolution weights (storage only: dequantized per call).
 
 Activations stay float. The 4-bit layer stores two codes a byte (``visq.kernels.int4``); the kernel follows the
 activation dtype: bf16 runs tinygemm (CPU or CUDA), anything else dequantizes and calls ``F.linear``, bit-equal
@@ -6,6 +7,8 @@ to the fake-quant forward.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +47,36 @@ class Int8WeightLinear(nn.Module):
         y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.weight_scale.to(x.dtype))
         y = y + bias if bias is not None else y
         return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int8WeightConv2d(nn.Module):
+    """Exported weight-only ``nn.Conv2d`` (<= 8-bit per-channel weights, float activations): ``qweight`` int8 codes
+    of the kernel's shape and ``weight_scale`` (out_channels,). There is no integer convolution kernel to call, so
+    the weights are dequantized per call; what this buys is storage, a quarter of fp32 in memory and on disk."""
+
+    kernel = "int8 weight storage (dequantized per call + F.conv2d)"
+
+    def __init__(self, shape: tuple[int, ...], bias: bool, conv: dict[str, Any]) -> None:
+        super().__init__()
+        self.conv = conv  # stride, padding, dilation, groups: F.conv2d's arguments
+        self.register_buffer("qweight", torch.zeros(shape, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(shape[0]))
+        self.register_buffer("bias", torch.zeros(shape[0]) if bias else None)
+
+    @classmethod
+    def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None, layer: nn.Conv2d) -> Int8WeightConv2d:
+        conv = {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation, "groups": layer.groups}
+        new = cls(tuple(codes.shape), bias is not None, conv)
+        new.qweight.copy_(codes)
+        new.weight_scale.copy_(scale.float().expand(codes.shape[0]))
+        if bias is not None:
+            new.bias.copy_(bias.detach())
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = (self.qweight.float() * self.weight_scale[:, None, None, None]).to(x.dtype)
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.conv2d(x, weight, bias, **self.conv)
 
 
 class Int4Linear(nn.Module):
