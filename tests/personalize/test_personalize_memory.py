@@ -22,3 +22,14 @@ def test_ratios_count_the_pipeline_tensors_once_per_method():
     text = render(Config(), _result(500.0, 5000.0), "python -m eval.personalize_memory")
     assert "RANDOM weights" in text and "512 x 512" in text and "64 x 64 latents" in text
 
+
+
+def test_readme_block_is_the_committed_measurement():
+    from pathlib import Path
+
+    from eval.personalize_memory import BLOCK, load_results, readme_block
+    from eval.report import read_block
+
+    cfg, result, command = load_results()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert read_block(readme, BLOCK) == readme_block(cfg, result, command).strip()
