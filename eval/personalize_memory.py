@@ -11,7 +11,8 @@ RANDOM weights (no hub: the numbers are memory and time, never quality), quantiz
 fake-quant UNet (fp32 weights, as in the zoo runs), then on the same UNet after ``visq.export`` (int8 weight
 storage), exactly as ``pipelines.zo_personalize`` does: peak tensor memory traced through
 torch's allocator events (``eval.memory.traced_peak_mb``) on top of the pipeline's resident tensors, and seconds
-per step, at 512 x 512 (64 x 64 latents), batch 1, the same ZO settings as the benchmark's headline run.
+per step, at 512 x 512 (64 x 64 latents), batch 1, the benchmark's headline ZO settings except n (ZOODiP's 2:
+memory does not depend on n, time does).
 """
 
 from __future__ import annotations
