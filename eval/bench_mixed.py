@@ -12,10 +12,10 @@ held-out top-1. shapes-sd: the doctor measures the weight sites two ways, one-st
 trajectory (``over="call"``) and whole-run errors on the final latents of short sampling runs
 (``over="trajectory"``); from each, weights get a mean of 4.0 and of 4.5 bits with activations at 8, quantized with
 min-max activation ranges and with EDA-DM (the best method at W4A8 of ``eval/results/diffusion_ptq.md``); scored by
-PSNR of same-seed images against float. Every row's weights
-use per-channel ranges with ``Config.weight_range`` clipping (MSE search: the setting these results were measured
-with). Every cell is written to the
-cache as soon as it is measured; a rerun skips finished cells.
+PSNR of same-seed images against float. Every row's weights use per-channel ranges with ``Config.weight_range``
+clipping (MSE search: the setting these results were measured with). Every cell is written to the cache as soon as
+it is measured, with a digest of its recipe; a rerun skips cells measured for the same recipe. The diagnoses are
+kept beside the results (``eval/results/mixed_*_doctor.json``), so a rerun on another machine reuses them.
 """
 
 from __future__ import annotations

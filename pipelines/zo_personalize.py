@@ -17,8 +17,8 @@ Memory: the peak tensor memory of ``memory_steps`` training steps (optimizer inc
 allocator events (``eval.memory.traced_peak_mb``, the same for every method), plus the pipeline's resident
 tensors, and the process's peak RSS over loading, training and scoring (read before the traced steps, which run
 last on a fresh copy of the pipeline: the profiler's event trace stays resident and would count in the RSS).
-``out/<concept>/<method>/result.json`` holds everything; rerunning resumes
-the training run and skips finished results (measured with the same settings; other settings are an error).
+``out/<concept>/<method>/result.json`` holds everything; rerunning resumes the training run and skips finished
+results (measured with the same settings; other settings are an error).
 """
 
 from __future__ import annotations

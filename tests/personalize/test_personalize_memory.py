@@ -23,7 +23,6 @@ def test_ratios_count_the_pipeline_tensors_once_per_method():
     assert "RANDOM weights" in text and "512 x 512" in text and "64 x 64 latents" in text
 
 
-
 def test_readme_block_is_the_committed_measurement():
     from pathlib import Path
 

@@ -25,8 +25,8 @@ KINDS = ("w8a8", "int8-weight", "int4-weight", "int8-weight-conv")
 
 
 def weight_codes(layer: QuantLinear | QuantConv2d) -> tuple[Tensor, Tensor, Tensor] | str:
-    """(codes (N, K) or the kernel's shape, scale (N, G), zero (N, G)) of a uniform weight quantizer, or why there
-    are none.
+    """(codes (N, K), scale (N, G), zero (N, G)) of a uniform weight quantizer, or why there are none; K is the
+    number of inputs per output channel (a convolution's kernel flattened per output channel).
 
     ``codes`` lie on the spec's grid (signed for symmetric specs, unsigned for asymmetric ones) and the weight is
     ``(codes - zero) * scale`` per group of ``K / G`` inputs (G = 1: per channel or per tensor); ``zero`` is 0 for
@@ -50,7 +50,7 @@ def weight_codes(layer: QuantLinear | QuantConv2d) -> tuple[Tensor, Tensor, Tens
                            layer.quantized_weight()):
             return "integer weight codes do not reproduce the fake-quant weight"
     scale, zero = (t.expand(n, 1) if spec.granularity == "tensor" else t.reshape(n, -1) for t in (scale, zero))
-    return codes.reshape(w.shape).to(torch.int16), scale.contiguous(), zero.contiguous()
+    return codes.reshape(n, -1).to(torch.int16), scale.contiguous(), zero.contiguous()
 
 
 def _int8_codes(codes: Tensor, zero: Tensor) -> Tensor | str:
@@ -115,7 +115,7 @@ def build(layer: QuantLinear | QuantConv2d, kind: str) -> nn.Module | str:
         if float(zero.min()) < -128 or float(zero.max()) > 127:
             return "4-bit zero points do not fit int8 (a free weight range far from 0): runs fake-quant"
         return Int4Linear.from_codes(codes - shift, scale, bias, zero=zero.to(torch.int8))
-    centred = _int8_codes(codes.reshape(codes.shape[0], -1), zero)  # conv kernels: one row per output channel
+    centred = _int8_codes(codes, zero)
     if isinstance(centred, str):
         return centred
     if kind == "w8a8":
@@ -123,5 +123,5 @@ def build(layer: QuantLinear | QuantConv2d, kind: str) -> nn.Module | str:
     if kind == "int8-weight":
         return Int8WeightLinear.from_codes(centred, scale.reshape(-1), bias)
     if kind == "int8-weight-conv":
-        return Int8WeightConv2d.from_codes(centred.reshape(codes.shape), scale.reshape(-1), bias, layer)
+        return Int8WeightConv2d.from_codes(centred.reshape(layer.weight.shape), scale.reshape(-1), bias, layer)
     raise ValueError(f"unknown export kind {kind!r}; known: {KINDS}")
