@@ -13,6 +13,7 @@ from torch import nn
 from visq import hosts, methods, recipes, sites
 from visq.calibrate import fit_weights, observing, run
 from visq.deploy.export import summary_lines
+from visq.guard import restored_on_error
 from visq.methods.base import check_family
 from visq.modules import QUANT_LAYERS
 from visq.recipes import Recipe
@@ -69,18 +70,19 @@ def quantize(
     algo.prepare(model)
     plan = sites.plan(model, replace(recipe, rules=algo.rules(recipe.rules)), host.float_rules(model),
                       calib_set.timesteps)
-    undo = sites.install(model, plan)
-    try:
-        host.activate(obj, model)
-        fit_weights(model)
-        with _eval_mode(model), observing(model):
-            run(model, calib_set, progress)
-        algo.refine(obj, model, calib_set)
-        sites.sync_specs(model, plan)
-    except BaseException:
-        undo()
-        host.activate(obj, model)
-        raise
+    with restored_on_error(model):  # a method that failed mid-way (e.g. a reconstruction) leaves no flag flipped
+        undo = sites.install(model, plan)
+        try:
+            host.activate(obj, model)
+            fit_weights(model)
+            with _eval_mode(model), observing(model):
+                run(model, calib_set, progress)
+            algo.refine(obj, model, calib_set)
+            sites.sync_specs(model, plan)
+        except BaseException:
+            undo()
+            host.activate(obj, model)
+            raise
     model.visq_state = QuantState(recipe, plan, host.name, calib_set.timesteps)
     logger.info("quantized %d sites of %s with %s", len(plan.quantized), type(model).__name__, recipe.name)
     return obj

@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import visq
+import visq.io
 
 
 def _load_source(source: str) -> Any:
@@ -37,6 +37,7 @@ def _read_calib(path: str) -> list[Any]:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
+    visq.io.check_folder(args.out)  # before the minutes of calibration, not after
     obj = _load_source(args.source)
     calib = _read_calib(args.calib)
     visq.quantize(obj, args.recipe, method=args.method, calib=calib,
@@ -52,7 +53,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    meta = json.loads((Path(args.folder) / "quant.json").read_text())
+    meta = visq.io.read_meta(Path(args.folder))
     print(f"{meta['model']['class']} ({meta['model']['host']}), recipe {meta['recipe']['name']}, "
           f"method {meta['recipe']['method']}")
     print(f"quantized sites: {len(meta['sites'])}, float layers: {len(meta['float_layers'])}")
@@ -72,6 +73,10 @@ def _doctor_calib(obj: Any, args: argparse.Namespace) -> Any:
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the path of the diagnosis JSON file to write")
+    if args.save:
+        visq.io.check_folder(args.save)
     obj = _load_source(args.source)
     calib = _doctor_calib(obj, args)
     diag = visq.doctor(obj, args.recipe, method=args.method, calib=calib, bits=tuple(args.bits),
@@ -141,9 +146,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``visq`` command."""
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: its message, not a traceback
+        cli.exit(2, f"visq: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -2,24 +2,29 @@
 
 ``load`` re-plans the quantizer sites from ``quant.json`` on a freshly built float model of the same
 architecture, installs them, then loads the state dict strictly: no pickle, and every mismatch is an error.
+``quant.json`` (format 2) stores SHA-256 digests of the tensor file's bytes and of its own content, so a flipped
+byte in the tensors or an edited bit width is refused instead of loaded into a silently different model. Format-1
+folders (visq before the digests) still load, with a warning that they cannot be checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any, TypeVar
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
 from visq import hosts, sites
 from visq.api import QuantState, quant_state
 from visq.quantizers import QuantSpec
 from visq.recipes import Recipe, Rule
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _DAMAGED = ("the file is truncated or damaged (an interrupted visq.save or copy). Save the model again with "
             "visq.save, or copy the whole folder again; the model passed to visq.load was left unchanged.")
 logger = logging.getLogger(__name__)
@@ -31,10 +36,11 @@ def save(obj: Any, folder: str | Path) -> Path:
     state = quant_state(obj)
     host = hosts.detect(obj)
     model = host.target(obj)
-    folder = Path(folder)
+    folder = check_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(_unshare(tensors), folder / "model.safetensors", metadata={"format": "pt"})
+    tensor_digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     meta = {
         "format_version": FORMAT_VERSION,
         "model": host.describe(obj),
@@ -45,8 +51,23 @@ def save(obj: Any, folder: str | Path) -> Path:
     }
     if getattr(model, "visq_export", None) is not None:
         meta["export"] = model.visq_export.to_dict()  # load rebuilds these layers before reading their buffers
+    meta["digest"] = {"tensors": tensor_digest, "meta": _meta_digest(meta)}
     (folder / "quant.json").write_text(json.dumps(meta, indent=1))
     _save_scheduler(obj, folder)
+    return folder
+
+
+def check_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path, if ``save`` can write there; raises before any work when it cannot.
+
+    Raises:
+        ValueError: ``folder`` (or a parent of it) is an existing file.
+    """
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"cannot save into {folder}: {path} is a file, not a folder; pass a folder path "
+                             "(it is created if missing)")
     return folder
 
 
@@ -72,6 +93,12 @@ def _load_scheduler(obj: Any, folder: Path) -> None:
     obj.scheduler = QSchedScheduler.from_pretrained(folder / "scheduler")
 
 
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of ``quant.json``'s content other than the digests themselves (key order and spacing ignored)."""
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _unshare(tensors: dict[str, Any]) -> dict[str, Any]:
     # safetensors refuses tensors sharing storage (tied weights); store each once as its own copy.
     seen: set[int] = set()
@@ -92,8 +119,9 @@ def load(obj: T, folder: str | Path) -> T:
             that does not fit. Both files are read before the model is touched.
     """
     folder = Path(folder)
-    meta = _read_meta(folder)
-    state = _read_state(folder / "model.safetensors")
+    meta = read_meta(folder)
+    state = _read_state(folder / "model.safetensors", meta)
+    recipe, specs, timesteps = _parse_meta(meta, folder / "quant.json")
     host = hosts.detect(obj)
     model = host.target(obj)
     if getattr(model, "visq_state", None) is not None:
@@ -101,11 +129,9 @@ def load(obj: T, folder: str | Path) -> T:
     saved_cls = meta["model"].get("class")
     if saved_cls != type(model).__name__:
         raise ValueError(f"{folder} holds a quantized {saved_cls}, but the model passed is a {type(model).__name__}")
-    _prepare(model, Recipe.from_dict(meta["recipe"]))
-    specs = {site: QuantSpec.from_dict(spec) for site, spec in meta["sites"].items()}
+    _prepare(model, recipe)
     _check_sites(model, specs, folder)
     exact = Recipe(tuple(Rule(site, spec) for site, spec in specs.items()), keep_host_defaults=False)
-    timesteps = tuple(meta.get("timesteps", ()))
     plan = sites.plan(model, exact, [], timesteps)
     plan.float_layers = dict(meta.get("float_layers", plan.float_layers))
     undo = sites.install(model, plan)
@@ -120,7 +146,7 @@ def load(obj: T, folder: str | Path) -> T:
     except BaseException:
         undo()
         raise
-    model.visq_state = QuantState(Recipe.from_dict(meta["recipe"]), plan, host.name, timesteps)
+    model.visq_state = QuantState(recipe, plan, host.name, timesteps)
     return obj
 
 
@@ -128,11 +154,37 @@ def _prepare(model: Any, recipe: Recipe) -> None:
     """Repeat the method's structural rewrite (e.g. OFQ's QKR attention) so the saved sites exist again."""
     from visq import methods
 
-    if recipe.method in methods.METHODS:
-        methods.get(recipe.method, **recipe.method_kwargs).prepare(model)
+    methods.get(recipe.method, **recipe.method_kwargs).prepare(model)
 
 
-def _read_meta(folder: Path) -> dict[str, Any]:
+def _parse_meta(meta: dict[str, Any], path: Path) -> tuple[Recipe, dict[str, QuantSpec], tuple[float, ...]]:
+    """The recipe, site specs and timesteps of ``quant.json``; anything malformed raises naming the file."""
+    from visq import methods
+
+    try:
+        recipe = Recipe.from_dict(meta["recipe"])
+        specs = {str(site): QuantSpec.from_dict(spec) for site, spec in dict(meta["sites"]).items()}
+        methods.get(recipe.method, **recipe.method_kwargs)  # an unknown method or option raises here
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path} has a malformed recipe or sites entry ({type(err).__name__}: {err}): "
+                         f"{_DAMAGED}") from err
+    timesteps = meta.get("timesteps", [])
+    if not isinstance(timesteps, list) or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) for t in timesteps):
+        raise ValueError(f"{path}: timesteps must be a list of numbers, got {timesteps!r}: {_DAMAGED}")
+    if not isinstance(meta.get("float_layers", {}), dict):
+        raise ValueError(f"{path}: float_layers must be a mapping of layer to reason: {_DAMAGED}")
+    return recipe, specs, tuple(float(t) for t in timesteps)
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The checked content of a saved folder's ``quant.json`` (its digest verified for format >= 2).
+
+    Raises:
+        FileNotFoundError: the folder lacks ``quant.json`` or ``model.safetensors``.
+        ValueError: the file is damaged, edited after ``visq.save``, or of a newer format.
+    """
+    folder = Path(folder)
     for name in ("quant.json", "model.safetensors"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: is {folder} a folder written by visq.save?")
@@ -145,11 +197,22 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: {_DAMAGED}")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path} has no valid format_version (got {version!r}), so it was not written by visq.save "
+                         f"or was edited: {_DAMAGED}")
+    if version > FORMAT_VERSION:
         raise ValueError(
-            f"{folder}/quant.json has format_version {version!r}; this visq reads up to {FORMAT_VERSION}. "
-            "Upgrade visq to load it."
+            f"{path} has format_version {version}; this visq reads up to {FORMAT_VERSION}. Upgrade visq to load it."
         )
+    if version >= 2:
+        digest = meta.get("digest")
+        if not isinstance(digest, dict) or digest.get("meta") != _meta_digest(meta):
+            raise ValueError(f"{path} was changed after visq.save (its content no longer matches its digest): "
+                             "editing quant.json (bits, sites, recipe) would load a different model than the tensors "
+                             "were calibrated for. Save the model again with visq.save instead of editing the file.")
+    else:
+        logger.warning("%s is a format-1 folder (no digests): its files cannot be checked for changes; save it "
+                       "again with this visq to add them", folder)
     return meta
 
 
@@ -164,9 +227,14 @@ def _check_sites(model: Any, specs: dict[str, QuantSpec], folder: Path) -> None:
         )
 
 
-def _read_state(path: Path) -> dict[str, Any]:
+def _read_state(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    data = path.read_bytes()
+    expected = meta.get("digest", {}).get("tensors") if meta["format_version"] >= 2 else None
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError(f"{path} does not match the digest in quant.json: its bytes changed after visq.save. "
+                         f"{_DAMAGED}")
     try:
-        return load_file(path)
+        return load_bytes(data)
     except SafetensorError as err:
         raise ValueError(f"{path} is not a readable safetensors file ({err}): {_DAMAGED}") from err
 

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from visq.calibrate import CalibSet
+from visq.guard import check_float, check_int
 from visq.quantizers import Quantizer
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ class ReconConfig:
     lr: float = 4e-5
     batch_size: int = 64
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("iters", self.iters, 0)
+        check_float("lr", self.lr)
+        check_int("batch_size", self.batch_size)
+        check_int("seed", self.seed, 0)
 
 
 @dataclass

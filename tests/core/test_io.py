@@ -31,7 +31,7 @@ def test_save_load_pipeline_and_summary(sd, tmp_path):
     visq.quantize(sd, "w8a8", calib=PROMPTS, calib_options={"num_inference_steps": 3}, progress=False)
     visq.save(sd, tmp_path)
     meta = json.loads((tmp_path / "quant.json").read_text())
-    assert meta["format_version"] == 1 and meta["model"]["class"] == "UNet2DConditionModel"
+    assert meta["format_version"] == 2 and meta["model"]["class"] == "UNet2DConditionModel"
     fresh = visq.load(tiny_sd(seed=5), tmp_path)
     assert visq.summary(fresh) == visq.summary(sd)
     x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor(500), torch.randn(2, 5, 32)
@@ -56,7 +56,7 @@ def test_load_errors(vit, images, tmp_path):
         visq.load(deeper, tmp_path)
     assert not any("quantizer" in n for n, _ in deeper.named_modules())  # left float after the error
     meta = json.loads((tmp_path / "quant.json").read_text())
-    meta["format_version"] = 2
+    meta["format_version"] = 3
     (tmp_path / "quant.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="Upgrade visq"):
         visq.load(tiny_vit(), tmp_path)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from visq.calibrate import CalibSet, Call
+from visq.guard import check_int
 from visq.sites import FloatRule
 
 
@@ -31,7 +32,10 @@ class Host:
         """Calibration calls for ``target(obj)`` from user data (tensor, list of tensors, DataLoader, CalibSet)."""
         if isinstance(calib, CalibSet):
             return calib
-        batch_size = int(options.get("batch_size", 32))
+        unknown = sorted(set(options) - {"batch_size"})
+        if unknown:
+            raise ValueError(f"unknown calibration options {unknown}: a module's calibration takes batch_size only")
+        batch_size = check_int("batch_size", options.get("batch_size", 32))
         calls = CalibSet(Call((x,)) for x in _batches(calib, batch_size))
         _check_first_call(self.target(obj), calls[0])
         return calls

@@ -19,6 +19,7 @@ from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
 
 from visq.calibrate import CalibSet, Call
+from visq.guard import check_int
 from visq.hosts.base import Host
 from visq.quantizers import SiteShape
 from visq.sites import ADAPTERS, ATTENTION_SLOTS, AttentionAdapter, FloatRule
@@ -191,17 +192,51 @@ def _guidance(pipe: DiffusionPipeline, call_kwargs: dict[str, Any]) -> float:
 def _pipeline_inputs(pipe: DiffusionPipeline, calib: Any) -> tuple[str, list[Any]]:
     """Which __call__ argument the calibration items feed: prompts, class labels or an unconditional count."""
     params = inspect.signature(pipe.__call__).parameters
+    listed = isinstance(calib, (list, tuple)) and len(calib) > 0  # not a str, a tensor or a bare number
     if "prompt" in params:
-        if isinstance(calib, str) or not calib or not all(isinstance(p, str) for p in calib):
-            raise ValueError("calibrating a text-to-image pipeline needs calib= a non-empty list of prompt strings")
+        if not listed or not all(isinstance(p, str) for p in calib):
+            raise ValueError("calibrating a text-to-image pipeline needs calib= a non-empty list of prompt strings, "
+                             f"got {_kind(calib)} (one prompt: calib=['a red circle'])")
         return "prompt", list(calib)
     if "class_labels" in params:
-        if isinstance(calib, str) or not calib or not all(isinstance(c, int) for c in calib):
-            raise ValueError("calibrating a class-conditional pipeline needs calib= a non-empty list of class ids")
+        if not listed or not all(isinstance(c, int) and not isinstance(c, bool) for c in calib):
+            raise ValueError("calibrating a class-conditional pipeline needs calib= a non-empty list of class ids, "
+                             f"got {_kind(calib)}")
+        classes = getattr(DiffusersHost().target(pipe).config, "num_embeds_ada_norm", None)
+        bad = [c for c in calib if c < 0 or (classes is not None and c >= classes)]
+        if bad:
+            raise ValueError(f"class ids {sorted(set(bad))[:5]} are outside the model's 0..{(classes or 1) - 1}")
         return "class_labels", list(calib)
-    if not isinstance(calib, int) or calib <= 0:
-        raise ValueError("calibrating an unconditional pipeline needs calib= the number of samples (int > 0)")
+    if isinstance(calib, bool) or not isinstance(calib, int) or calib <= 0:
+        raise ValueError("calibrating an unconditional pipeline needs calib= the number of samples (int > 0), "
+                         f"got {_kind(calib)}")
     return "batch_size", [None] * calib
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, (str, int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}" + (f" of length {len(value)}" if hasattr(value, "__len__") else "")
+
+
+# sample_runs sets these pipeline arguments itself
+_OWN_ARGUMENTS = ("prompt", "class_labels", "batch_size", "num_inference_steps", "generator", "output_type")
+
+
+def check_call_options(pipe: DiffusionPipeline, num_inference_steps: Any, batch_size: Any, seed: Any,
+                       call_kwargs: dict[str, Any]) -> None:
+    """Raise on sampling options the pipeline would reject late or ignore silently (diffusers' ``__call__`` takes
+    ``**kwargs``, so a misspelt option would otherwise vanish)."""
+    check_int("num_inference_steps", num_inference_steps)
+    check_int("batch_size", batch_size)
+    check_int("seed", seed, 0)
+    params = {name for name, p in inspect.signature(pipe.__call__).parameters.items()
+              if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    unknown = sorted(set(call_kwargs) - (params - set(_OWN_ARGUMENTS)))
+    if unknown:
+        usable = sorted(params - set(_OWN_ARGUMENTS))
+        raise ValueError(f"unknown calibration options {unknown} for {type(pipe).__name__}; use num_inference_steps, "
+                         f"batch_size, seed or an argument of the pipeline's __call__: {', '.join(usable)}")
 
 
 def capture_trajectory(
@@ -223,6 +258,7 @@ def capture_trajectory(
         call_kwargs: further pipeline arguments (guidance_scale, height, ...).
     """
     arg, _ = _pipeline_inputs(pipe, calib)
+    check_call_options(pipe, num_inference_steps, batch_size, seed, call_kwargs)
     recorder = _Recorder(cfg=arg != "batch_size" and _guidance(pipe, call_kwargs) > 1)
     handle = DiffusersHost().target(pipe).register_forward_pre_hook(recorder, with_kwargs=True)
     try:
@@ -251,6 +287,7 @@ def sample_runs(
     ``on_run(i)`` is called before run i. The arguments are those of ``capture_trajectory``.
     """
     arg, items = _pipeline_inputs(pipe, calib)
+    check_call_options(pipe, num_inference_steps, batch_size, seed, call_kwargs)
     name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
     own = getattr(pipe, name)
     progress = dict(getattr(pipe, "_progress_bar_config", {}))

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from visq.calibrate import CalibSet, Call
+from visq.guard import check_int
 from visq.methods.base import register
 from visq.methods.qdiff import ShortcutSplitting
 from visq.quantizers import Uniform
@@ -65,6 +66,8 @@ class DGQ(ShortcutSplitting):
     def __init__(self, groups: int | None = None, log_probs: bool = True, per_timestep: bool = True,
                  split: bool = True) -> None:
         super().__init__(split)
+        if groups is not None:  # 0 must not fall back to the default silently
+            check_int("dgq groups", groups)
         self.groups, self.log_probs, self.per_timestep = groups, log_probs, per_timestep
         self.tokens: dict[str, int] = {}
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from visq.calibrate import CalibSet, Call
+from visq.guard import check_float
 from visq.methods.base import register
 from visq.methods.fbr import reconstruct_denoiser
 from visq.methods.qdiff import ShortcutSplitting
@@ -126,6 +127,11 @@ class EDA(ShortcutSplitting):
     def __init__(self, lam: float = 1.2, radius: float | None = None, seed: int = 0, gamma: float = 0.8,
                  recon_iters: int = 100, recon_lr: float = 1e-4, split: bool = True) -> None:
         super().__init__(split)
+        check_float("eda lam", lam)
+        if radius is not None:
+            check_float("eda radius", radius)
+        if not 0 <= gamma <= 1:
+            raise ValueError(f"eda gamma (the block / layer loss mix) must be in [0, 1], got {gamma}")
         self.lam, self.radius, self.seed = lam, radius, seed
         self.gamma, self.recon = gamma, ReconConfig(iters=recon_iters, lr=recon_lr, batch_size=32, seed=seed)
 

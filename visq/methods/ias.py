@@ -69,6 +69,7 @@ class IaS(Method):
 
     def __init__(self, iters: int | None = None, batch_size: int = 64, lr: float = 4e-5,
                  round_zero_point: bool = False, seed: int = 0) -> None:
+        ReconConfig(iters=iters if iters is not None else 0, lr=lr, batch_size=batch_size, seed=seed)  # validates
         self.iters, self.batch_size, self.lr, self.seed = iters, batch_size, lr, seed
         self.round_zero_point = round_zero_point
         self.act_bits = 8  # set from the recipe in ``rules``; picks the default iteration count

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visq.calibrate import CalibSet
+from visq.guard import check_int
 from visq.methods.base import Method, register
 from visq.quantizers import Noisy, NoisyQuantizer, Uniform, UniformQuantizer
 from visq.quantizers.uniform import params_to_range, range_to_params
@@ -165,7 +166,7 @@ class NoisyQuant(Method):
     family = "vit"
 
     def __init__(self, max_rows: int = 4096, seed: int = 0) -> None:
-        self.max_rows, self.seed = max_rows, seed
+        self.max_rows, self.seed = check_int("noisyquant max_rows", max_rows), check_int("seed", seed, 0)
 
     def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
         return noisy_rules(rules)

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from visq.calibrate import CalibSet
+from visq.guard import check_int
 from visq.methods.base import Method, register
 from visq.methods.fbr import reconstruct_denoiser
 from visq.quantizers import Split, Uniform
@@ -88,7 +89,7 @@ class QDiffusion(ShortcutSplitting):
 
     def __init__(self, calib_steps: int | None = None, split: bool = True, recon_iters: int = 0) -> None:
         super().__init__(split)
-        self.calib_steps = calib_steps
+        self.calib_steps = check_int("qdiff calib_steps", calib_steps) if calib_steps is not None else None
         self.recon = ReconConfig(iters=recon_iters, lr=1e-5, batch_size=32)
 
     def collect(self, pipe: Any, calib: Any, options: dict[str, Any]) -> CalibSet | None:

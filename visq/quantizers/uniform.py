@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from visq.guard import check_int
 from visq.quantizers.base import Quantizer, QuantSpec, SiteShape, register, round_ste
 from visq.quantizers.observed import ObservedValues
 
@@ -70,8 +71,11 @@ class Uniform(QuantSpec):
     flat_groups: bool = False
 
     def __post_init__(self) -> None:
-        if not 1 <= self.bits <= 16:
-            raise ValueError(f"bits must be in 1..16, got {self.bits}")
+        check_int("bits", self.bits, 1, 16)
+        if self.symmetric and self.bits < 2:  # a signed 1-bit grid has no positive level: scale max|x| / 0
+            raise ValueError("symmetric grids need bits >= 2 (1 bit leaves no positive level); use bits >= 2 or "
+                             "symmetric=False")
+        check_int("group_size", self.group_size, 0)
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if self.range not in RANGES:

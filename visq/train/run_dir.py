@@ -1,5 +1,9 @@
 """A training run's folder: ``run.json`` (the settings it was started with), ``checkpoint.pt`` and ``metrics.jsonl``.
 
+A checkpoint holds tensors, numbers, strings and containers of them only, and is read with
+``torch.load(weights_only=True)``: resuming a folder never runs code from it (a crafted ``checkpoint.pt`` is refused
+with an error instead of executed).
+
 Checkpoints are written atomically (temporary file, then rename), so a run killed at any moment resumes from the
 last complete one. Metrics are appended as they are produced; on resume, lines from steps after the checkpoint
 are dropped, so the file reads as one uninterrupted run.
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +62,7 @@ class RunDir:
         if self.checkpoint is None or not self.checkpoint.exists():
             return None
         try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+            state = load_checkpoint(self.checkpoint)
         except Exception as err:  # a checkpoint is written atomically; a broken one was damaged afterwards
             raise ValueError(
                 f"cannot read the checkpoint {self.checkpoint} ({err}); delete it to restart the run from step 0"
@@ -87,6 +92,25 @@ class RunDir:
             return
         with self.metrics.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's state, read without unpickling code (``weights_only=True``).
+
+    Raises:
+        ValueError: the file holds something other than tensors and plain values (it was not written by visq, or
+            it was crafted to run code when loaded), or is not a dict.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain values, so it was not written by visq (or was "
+            "crafted to run code when loaded); it was not unpickled"
+        ) from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visq.train.run_dir import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -46,7 +48,7 @@ class Checkpointer:
         if not self.path.exists():
             return None
         log.info("resuming from %s", self.path)
-        return torch.load(self.path, map_location="cpu", weights_only=False)
+        return load_checkpoint(self.path)  # tensors and plain values only: never unpickles code
 
     def maybe_save(self, state_fn, force: bool = False) -> None:
         """Call ``state_fn()`` and save it when the interval has passed (or ``force``)."""
