@@ -33,6 +33,7 @@ from eval.features import network_name
 from eval.io import load_images, save_png
 from eval.manifest import Item, Manifest
 from eval.stats import FeatureStats, frechet_distance
+from visq.guard import check_int
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,15 @@ class GenSpec:
     guidance: float = 4.0
     height: int | None = None
     width: int | None = None
+
+    def __post_init__(self) -> None:
+        check_int("steps (sampling steps per image)", self.steps)
+        if not self.guidance >= 0 or self.guidance == float("inf"):
+            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 8 or value % 8):
+                raise ValueError(f"{name} must be a multiple of 8 (>= 8) or None for the model's own, got {value!r}")
 
 
 def render(pipe: Any, items: Sequence[Item], gen: GenSpec) -> np.ndarray:
@@ -234,6 +244,9 @@ def check_spec(spec: RunSpec) -> tuple[list, list | None]:
     from eval import pipes
 
     configs = [pipes.QuantConfig.parse(t) for t in spec.configs]
+    check_int("per_prompt", spec.per_prompt)
+    check_int("batch_size", spec.batch_size)
+    check_int("seed", spec.seed, 0)
     pipes.check_model(spec.model)
     pipes.validate(configs)
     if spec.calib is not None or spec.classes is not None:
@@ -456,8 +469,12 @@ def _cmd_clip(args: Any) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Command-line entry point (see the module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
-    result = {"run": _cmd_run, "fid": _cmd_fid, "clip": _cmd_clip}[args.cmd](args)
+    cli = _parser()
+    args = cli.parse_args(argv)
+    try:
+        result = {"run": _cmd_run, "fid": _cmd_fid, "clip": _cmd_clip}[args.cmd](args)
+    except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: its message and exit 2, no traceback
+        cli.error(str(err))
     if result is not None and dist.state().is_main_process:
         print(json.dumps(result, indent=1, sort_keys=True))
     return result

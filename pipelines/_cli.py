@@ -89,11 +89,15 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, description: str | No
 
     Defaults come from ``defaults`` (an instance, e.g. a preset) or else from the class. Bools become ``--flag`` /
     ``--no-flag``; tuples take several values (``--configs float w8a8``). Fields of other types (nested configs,
-    dicts) are not flags: they keep their default.
+    dicts) are not flags: they keep their default. A value the Config's ``__post_init__`` refuses exits with status
+    2 and its message, as argparse does for a malformed flag.
     """
-    args = {k: tuple(v) if isinstance(v, list) else v
-            for k, v in vars(parser(cls, description, defaults).parse_args(argv)).items()}
-    return dataclasses.replace(defaults, **args) if defaults is not None else cls(**args)  # type: ignore[type-var]
+    cli = parser(cls, description, defaults)
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(cli.parse_args(argv)).items()}
+    try:
+        return dataclasses.replace(defaults, **args) if defaults is not None else cls(**args)  # type: ignore[type-var]
+    except (ValueError, TypeError) as err:  # the Config's own checks: a usage error, not a traceback
+        cli.error(str(err))
 
 
 def parser(cls: type[T], description: str | None = None, defaults: T | None = None) -> argparse.ArgumentParser:

@@ -71,12 +71,12 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
     pipe = load_pipeline(cfg.model)
     ptq, quantize_seconds = out / "ptq", None
     with state().main_process_first():
-        if (ptq / "quant.json").is_file():
+        if (ptq / "quant.json").is_file() and (ptq / "seconds.json").is_file():
             visq.load(pipe, ptq)
-        else:
+        else:  # a PTQ folder without its seconds.json was cut short between the two writes: quantize again
             start = time.perf_counter()
             visq.quantize(pipe, cfg.bits, method="efficientdm", calib=items, progress=cfg.progress, rank=cfg.rank,
-                          talsq=cfg.talsq, act_init=cfg.act_init,
+                          talsq=cfg.talsq, act_init=cfg.act_init, seed=cfg.seed,
                           calib_options={"num_inference_steps": cfg.steps, "guidance_scale": cfg.guidance})
             quantize_seconds = time.perf_counter() - start
             if state().is_main_process:

@@ -63,10 +63,29 @@ class Config:
     n_refs: int = 6  # reference images of the concept
     n_prompts: int = 8  # held-out prompts that use the token
     eval_every: int = 100  # CLIP-I / CLIP-T during training (for steps-to-converge)
+    checkpoint_every: int = 20  # steps between checkpoints of the training run (the last step always checkpoints)
     memory_steps: int = 4  # training steps traced for the peak tensor memory
     seed: int = 0
     out: str = "runs/zo_personalize"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.concept not in CONCEPTS:
+            raise ValueError(f"unknown concept {self.concept!r}; choose one of {list(CONCEPTS)}")
+        if self.lr < 0 or self.lr != self.lr:
+            raise ValueError(f"lr must be > 0 (or 0 for the method's default), got {self.lr}")
+        for name in ("zo_n", "zo_tau", "zo_t_low", "zo_t_high"):
+            if getattr(self, name) < -1:
+                raise ValueError(f"{name} must be >= 0 (or -1 for ZOODiP's default), got {getattr(self, name)}")
+        if self.zo_n == 0:
+            raise ValueError("zo_n (perturbations per step) must be >= 1 (or -1 for ZOODiP's 2)")
+        for name in ("n_calib", "steps", "batch", "n_refs", "n_prompts", "memory_steps", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0 or self.seed < 0:
+            raise ValueError(f"eval_every and seed must be >= 0, got {self.eval_every} and {self.seed}")
 
 
 def concept_data(cfg: Config) -> dict[str, Any]:
@@ -160,8 +179,6 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
     from visq.zoo import judge as zjudge
     from visq.zoo import load
 
-    if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
     out = Path(cfg.out) / cfg.concept / cfg.method
     out.mkdir(parents=True, exist_ok=True)
     if (out / "result.json").exists():
@@ -181,6 +198,7 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
         t0 = time.time()
         run = personalize(pipe, data["refs"], TOKEN, data["ref_prompts"], settings=_settings(cfg), steps=cfg.steps,
                           out_dir=out / "run", seed=cfg.seed, eval_every=cfg.eval_every, progress=cfg.progress,
+                          checkpoint_every=cfg.checkpoint_every,
                           evaluate=lambda p: {k: v for k, v in score(p).items() if not k.startswith("_")})
         curve = [{"step": 0, **init}] + [{k: m[k] for k in ("step", "clip_i", "clip_t", "loss")}
                                          for m in read_metrics(out / "run") if "clip_i" in m]
@@ -198,7 +216,7 @@ def main(cfg: Config = Config()) -> dict[str, Any]:
 
 
 # fields that do not change a cell's result
-_IGNORED = ("out", "progress")
+_IGNORED = ("out", "progress", "checkpoint_every")
 
 
 def _finished(file: Path, cfg: Config) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from torch import nn
@@ -30,6 +30,7 @@ class QuantState:
     plan: sites.Plan
     host: str
     timesteps: tuple[float, ...] = ()
+    undo: Callable[[], None] | None = field(default=None, repr=False, compare=False)  # restores the float modules
 
 
 def quantize(
@@ -67,12 +68,13 @@ def quantize(
     check_family(algo, host.family, type(model).__name__)
     options = dict(calib_options or {})
     calib_set = algo.collect(obj, calib, options) or host.collect(obj, calib, options)
-    algo.prepare(model)
-    plan = sites.plan(model, replace(recipe, rules=algo.rules(recipe.rules)), host.float_rules(model),
-                      calib_set.timesteps)
+    undo_prepare = algo.prepare(model) or (lambda: None)
+    undo_sites = lambda: None  # noqa: E731
     with restored_on_error(model):  # a method that failed mid-way (e.g. a reconstruction) leaves no flag flipped
-        undo = sites.install(model, plan)
         try:
+            plan = sites.plan(model, replace(recipe, rules=algo.rules(recipe.rules)), host.float_rules(model),
+                              calib_set.timesteps)
+            undo_sites = sites.install(model, plan)
             host.activate(obj, model)
             fit_weights(model)
             with _eval_mode(model), observing(model):
@@ -80,10 +82,15 @@ def quantize(
             algo.refine(obj, model, calib_set)
             sites.sync_specs(model, plan)
         except BaseException:
-            undo()
+            undo_sites()
+            undo_prepare()
             host.activate(obj, model)
             raise
-    model.visq_state = QuantState(recipe, plan, host.name, calib_set.timesteps)
+
+    def undo() -> None:
+        undo_sites()
+        undo_prepare()
+    model.visq_state = QuantState(recipe, plan, host.name, calib_set.timesteps, undo)
     logger.info("quantized %d sites of %s with %s", len(plan.quantized), type(model).__name__, recipe.name)
     return obj
 

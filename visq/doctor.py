@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from visq import hosts, methods, recipes
 from visq.api import _eval_mode, quantize
 from visq.calibrate import CalibSet
+from visq.guard import check_int
 from visq.hosts.base import Host
 from visq.mixed import BITS, allocate, at_bits, is_weight_site, mean_bits, mixed_recipe, spec_bits
 from visq.quantizers import Quantizer, Uniform
@@ -232,6 +233,10 @@ def doctor(
     model = host.target(obj)
     if getattr(model, "visq_state", None) is not None:
         raise ValueError("doctor needs the float model: this one is already quantized; load a fresh float model")
+    _check_counts(bits, max_calls, top_k, histograms)
+    unknown = set(roles) - {"weight", "activation"}
+    if unknown or not roles or isinstance(roles, str):
+        raise ValueError(f"roles must be a non-empty subset of ('weight', 'activation'), got {roles!r}")
     options = dict(calib_options or {})
     _source(over, obj, host, calib, None, options)  # fail before the calibration runs
     calib_set = methods.get(recipe.method, **recipe.method_kwargs).collect(obj, calib, options)
@@ -239,9 +244,6 @@ def doctor(
     if max_calls is not None and len(calib_set) > max_calls:
         step = len(calib_set) / max_calls
         calib_set = calib_set.subset(int(i * step) for i in range(max_calls))
-    unknown = set(roles) - {"weight", "activation"}
-    if unknown or not roles:
-        raise ValueError(f"roles must be a non-empty subset of ('weight', 'activation'), got {roles}")
     source = _source(over, obj, host, calib, calib_set, options)
     with _eval_mode(model):
         refs = [out for _, out in source.outputs(model)]
@@ -261,6 +263,19 @@ def doctor(
     logger.info("doctor: %d sites x %d widths on %d calls in %.1fs", len(diagnosis.sites), len(widths),
                 len(calib_set), diagnosis.seconds)
     return diagnosis
+
+
+def _check_counts(bits: Any, max_calls: Any, top_k: Any, histograms: Any) -> None:
+    """Raise on candidate widths and counts that would give an empty or NaN diagnosis."""
+    if isinstance(bits, (str, int)) or not all(isinstance(b, int) and not isinstance(b, bool) for b in bits):
+        raise TypeError(f"bits must be a tuple of ints (e.g. (2, 3, 4, 6, 8)), got {bits!r}")
+    bad = [b for b in bits if not 2 <= b <= 8]
+    if bad:
+        raise ValueError(f"candidate widths {bad} are outside 2..8 (1 bit has no symmetric grid); e.g. bits=(2, 4, 8)")
+    if max_calls is not None:
+        check_int("max_calls", max_calls)
+    check_int("top_k", top_k)
+    check_int("histograms", histograms, 0)
 
 
 def _recipe_widths(recipe: Recipe) -> dict[str, int]:

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from visq import hosts, sites
 from visq.api import quant_state
 from visq.calibrate import Call
+from visq.guard import check_float, check_int, restored_on_error
 from visq.quantizers import Quantizer
 from visq.quantizers.qalora import QALoRAQuantizer
 from visq.train import StepOutput, TrainResult, TrainSettings, TrainTask, fit
@@ -82,6 +83,12 @@ class DistillSettings:
     def __post_init__(self) -> None:
         if self.loss_weight not in LOSS_WEIGHTS:
             raise ValueError(f"loss_weight must be one of {LOSS_WEIGHTS}, got {self.loss_weight!r}")
+        check_int("batch_size", self.batch_size)
+        if self.guidance_scale is not None:
+            check_float("guidance_scale", self.guidance_scale, positive=False)
+        check_float("lora_lr", self.lora_lr)
+        for name in ("weight_step_lr", "act_lr"):  # 0 freezes them; a negative rate would climb the loss
+            check_float(name, getattr(self, name), positive=False)
 
 
 @dataclass
@@ -320,13 +327,21 @@ def finetune(
     Returns:
         The ``TrainResult`` (final metrics, seconds, peak memory).
     """
-    if isinstance(prompts, int):
-        prompts = [None] * prompts
-    task = DistillTask(pipe, prompts, settings)
-    total = steps if steps is not None else epochs * task.num_steps
+    if isinstance(prompts, str):
+        raise TypeError(f"prompts must be a list of prompts, got the string {prompts!r} (one prompt: "
+                        f"[{prompts!r}])")
+    if isinstance(prompts, int) and not isinstance(prompts, bool):
+        prompts = [None] * check_int("prompts (a sample count)", prompts)
+    if steps is None:
+        check_int("epochs", epochs)
     options = {"schedule": "linear", "optimizer": "adamw", "desc": "efficientdm", **train}
-    result = fit(task, TrainSettings(steps=total, out_dir=out_dir, seed=seed, progress=progress, **options),
-                 accelerator=accelerator)
+    TrainSettings(steps=steps if steps is not None else 1, out_dir=out_dir, seed=seed, **options)  # validates first
+    model = hosts.detect(pipe).target(pipe)
+    with restored_on_error(model, getattr(pipe, "text_encoder", None)):
+        task = DistillTask(pipe, prompts, settings)
+        total = steps if steps is not None else epochs * task.num_steps
+        result = fit(task, TrainSettings(steps=total, out_dir=out_dir, seed=seed, progress=progress, **options),
+                     accelerator=accelerator)
     task.model.eval()
     logger.info("efficientdm: %d steps in %.0f s, peak memory %.0f MB", total, result.seconds, result.peak_memory_mb)
     return result

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from visq import hosts, recipes
 from visq.api import quantize
+from visq.guard import check_float, check_int
 from visq.oscillation import CGA, OscillationTracker, write_plot
 from visq.train import StepOutput, TrainSettings, TrainTask, fit, read_metrics
 
@@ -83,6 +84,19 @@ class QATConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     eval_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("steps", 1), ("anneal_steps", 0), ("batch_size", 1), ("warmup_steps", 0), ("seed", 0),
+                          ("calib_size", 1), ("checkpoint_every", 1), ("log_every", 1), ("eval_every", 0)):
+            check_int(name, getattr(self, name), low)
+        for name in ("lr", "anneal_lr", "temperature"):
+            check_float(name, getattr(self, name))
+        for name in ("weight_decay", "hard_weight"):
+            check_float(name, getattr(self, name), positive=False)
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip is not None:
+            check_float("grad_clip", self.grad_clip)
 
 
 class QATTask(TrainTask):
@@ -264,18 +278,63 @@ def train(
     if method not in METHODS:
         raise ValueError(f"visq.qat.train trains methods {METHODS}, got {method!r}; PTQ methods go through "
                          "visq.quantize")
-    if data is None:
-        raise ValueError("data is required: a tensor of training inputs or fn(generator) -> batch")
+    if config is not None and not isinstance(config, QATConfig):
+        raise TypeError(f"config must be a visq.qat.QATConfig, got {type(config).__name__}")
     cfg = config or QATConfig()
+    _check_inputs(model, teacher, data)
     recipe = recipes.resolve(recipe, method, **method_kwargs)
     options = dict(recipe.method_kwargs)
     cga, boundary_range = options.get("cga", method == "ofq"), options.get("boundary_range", 0.005)
+    out = Path(out_dir) if out_dir is not None else None
+    for phase in ("qat", "anneal")[: 2 if cfg.anneal_steps else 1]:
+        _settings(cfg, out, phase, progress)  # validates before the model changes
     teacher.eval()
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
+    float_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     quantize(model, recipe, calib=calib if calib is not None else calibration_batch(data, cfg), progress=progress)
-    seconds = {"calibration_s": time.perf_counter() - start}
-    out = Path(out_dir) if out_dir is not None else None
+    try:
+        return _train_quantized(model, teacher, data, cfg, out, cga, boundary_range, evaluate, progress, accelerator,
+                                {"calibration_s": time.perf_counter() - start})
+    except BaseException:  # a retry must find the caller's float model, not "already quantized"
+        _unquantize(model, float_state)
+        raise
+
+
+def _check_inputs(model: Any, teacher: Any, data: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be the float nn.Module to train, got {type(model).__name__}")
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(f"teacher must be the float nn.Module to distil from (a separate copy of the model, e.g. "
+                        f"copy.deepcopy(model) before training), got {type(teacher).__name__} {teacher!r:.60}")
+    if teacher is model:
+        raise ValueError("teacher is the model itself; pass a separate float copy (copy.deepcopy(model))")
+    if getattr(hosts.detect(model).target(model), "visq_state", None) is not None:
+        raise ValueError("model is already quantized; visq.qat.train quantizes a float model itself")
+    if data is None:
+        raise ValueError("data is required: a tensor of training inputs or fn(generator) -> batch")
+    if isinstance(data, Tensor):
+        if data.ndim < 2 or len(data) == 0:
+            raise ValueError(f"data must be a batch of inputs (N x ...), got a tensor of shape {tuple(data.shape)}")
+        if not bool(torch.isfinite(data).all()):
+            raise ValueError("data holds NaN or inf values; clean the inputs first")
+    elif not callable(data):
+        raise TypeError(f"data must be a tensor of inputs or fn(generator) -> batch, got {type(data).__name__}")
+
+
+def _unquantize(model: nn.Module, float_state: dict[str, Tensor]) -> None:
+    """Undo ``quantize`` and training: the float modules back in place, with the weights they had."""
+    target = hosts.detect(model).target(model)
+    state = getattr(target, "visq_state", None)
+    if state is not None and state.undo is not None:
+        state.undo()
+        del target.visq_state
+    model.load_state_dict(float_state)
+
+
+def _train_quantized(model: nn.Module, teacher: nn.Module, data: Data, cfg: QATConfig, out: Path | None, cga: bool,
+                     boundary_range: float, evaluate: Any, progress: bool, accelerator: Any,
+                     seconds: dict[str, float]) -> nn.Module:
     task = QATTask(model, teacher, data, cfg, "qat", evaluate=evaluate)
     fit(task, _settings(cfg, out, "qat", progress), accelerator)
     seconds["qat_s"] = task.seconds

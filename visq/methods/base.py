@@ -7,6 +7,7 @@ capture, and ``refine(pipe, model, calib)`` runs after calibration (searches, re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -30,8 +31,9 @@ class Method:
     def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
         return rules
 
-    def prepare(self, model: nn.Module) -> None:
-        """Before quantizers are installed."""
+    def prepare(self, model: nn.Module) -> Callable[[], None] | None:
+        """Before quantizers are installed; a structural rewrite returns the function that undoes it."""
+        return None
 
     def collect(self, pipe: Any, calib: Any, options: dict[str, Any]) -> CalibSet | None:
         """Own calibration capture; None means the host's default."""

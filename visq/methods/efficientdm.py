@@ -25,12 +25,19 @@ matmuls); the weight zero offset is fixed at 0 (signed grid).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
+import torch
+from torch import nn
+
+from visq.calibrate import CalibSet
+from visq.guard import check_int
 from visq.methods.base import register
 from visq.methods.qdiff import ShortcutSplitting
 from visq.quantizers import QuantSpec, Split, Uniform
+from visq.quantizers.lsq import INITS as ACT_INITS
 from visq.quantizers.lsq import LSQ
-from visq.quantizers.qalora import QALoRA
+from visq.quantizers.qalora import QALoRA, QALoRAQuantizer
 from visq.recipes import Rule
 
 
@@ -59,15 +66,24 @@ class EfficientDM(ShortcutSplitting):
         talsq: one activation step / offset per timestep (TALSQ); False learns one per layer (the ablation).
         act_init: activation range init from calibration: "minmax", "mse" (the official code's) or "lsq".
         split: shortcut splitting of UNet decoder concat inputs.
+        seed: seeds the LoRA ``A`` initialisation (layers in module order), so a run is reproducible from it.
     """
 
     name = "efficientdm"
 
-    def __init__(self, rank: int = 32, talsq: bool = True, act_init: str = "mse", split: bool = True) -> None:
+    def __init__(self, rank: int = 32, talsq: bool = True, act_init: str = "mse", split: bool = True,
+                 seed: int = 0) -> None:
         super().__init__(split)
-        if rank < 1:
-            raise ValueError(f"efficientdm rank must be >= 1, got {rank}")
-        self.rank, self.talsq, self.act_init = rank, talsq, act_init
+        check_int("efficientdm rank", rank)
+        if act_init not in ACT_INITS:
+            raise ValueError(f"efficientdm act_init must be one of {ACT_INITS}, got {act_init!r}")
+        self.rank, self.talsq, self.act_init, self.seed = rank, talsq, act_init, check_int("seed", seed, 0)
+
+    def refine(self, pipe: Any, model: nn.Module, calib: CalibSet) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        for module in model.modules():
+            if isinstance(module, QALoRAQuantizer):
+                module.reset_lora(generator)
 
     def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
         out = []

@@ -16,6 +16,8 @@ default (float for timm; OFQ uses 8-bit LSQ) so the table compares with the PTQ 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from visq.methods.base import Method, register
@@ -84,8 +86,9 @@ class OFQ(Method):
     def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
         return _qat_rules(rules, StatsQ if self.statsq else LSQ)
 
-    def prepare(self, model: nn.Module) -> None:
-        if self.qkr:
-            from visq.methods.qkr import reparameterize
+    def prepare(self, model: nn.Module) -> Callable[[], None] | None:
+        if not self.qkr:
+            return None
+        from visq.methods.qkr import reparameterize
 
-            reparameterize(model)
+        return reparameterize(model)

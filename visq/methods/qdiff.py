@@ -70,6 +70,7 @@ class ShortcutSplitting(Method):
 
     def prepare(self, model: nn.Module) -> None:
         self.splits = skip_concat_splits(model) if self.split else {}
+        return None
 
     def rules(self, rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
         return split_rules(rules, self.splits)

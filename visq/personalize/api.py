@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from visq.personalize.textual_inversion import PersonalizeSettings, TextualInversionTask
+from visq.personalize.textual_inversion import PersonalizeSettings, TextualInversionTask, check_images
 from visq.train import TrainResult, TrainSettings, fit
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,16 @@ def token_added(pipe: Any, token: str) -> Iterator[None]:
         encoder.config.vocab_size = vocab_size
 
 
+_PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+
+
+def _check_pipeline(pipe: Any) -> None:
+    missing = [part for part in _PARTS if getattr(pipe, part, None) is None]
+    if missing:
+        raise TypeError(f"personalize needs a diffusers text-to-image pipeline with {', '.join(_PARTS)}; "
+                        f"{type(pipe).__name__} has no {', '.join(missing)}")
+
+
 class _SavingTask(TextualInversionTask):
     """Writes the embedding file every ``save_every`` steps (the loop's checkpoint holds the full run state)."""
 
@@ -116,20 +126,28 @@ def personalize(pipe: Any, images: Tensor, token: str = "<new>", prompts: list[s
         progress: show a progress bar.
     """
     settings = settings or PersonalizeSettings()
+    if not isinstance(settings, PersonalizeSettings):
+        raise TypeError(f"settings must be a visq.PersonalizeSettings, got {type(settings).__name__}")
+    _check_pipeline(pipe)
+    check_images(images)
+    if not isinstance(token, str) or not token.strip():
+        raise ValueError(f"token must be a non-empty string such as '<concept>', got {token!r}")
     prompts = prompts if prompts is not None else [f"a {token}"] * len(images)
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError(f"prompts must be a list of strings, one per image (got {prompts!r:.80})")
     if len(prompts) != len(images):
         raise ValueError(f"got {len(images)} images and {len(prompts)} prompts; give one prompt per image")
     out = Path(out_dir) if out_dir is not None else None
     path = out / EMBEDDING_FILE if out is not None else None
+    train_settings = TrainSettings(  # validated before the pipeline changes
+        steps=steps, out_dir=str(out) if out else None, seed=seed, optimizer="adam", schedule=settings.schedule,
+        checkpoint_every=checkpoint_every, log_every=log_every, eval_every=eval_every, progress=progress,
+        desc=f"personalize {token} ({settings.method})")
     with token_added(pipe, token):
         task = _SavingTask(pipe, images, prompts, token, settings, evaluate=evaluate, save_path=path,
                            save_every=checkpoint_every)
         try:
-            train = fit(task, TrainSettings(
-                steps=steps, out_dir=str(out) if out else None, seed=seed, optimizer="adam",
-                schedule=settings.schedule, checkpoint_every=checkpoint_every, log_every=log_every,
-                eval_every=eval_every, progress=progress,
-                desc=f"personalize {token} ({settings.method})"))
+            train = fit(task, train_settings)
         finally:
             task.close()
         embedding = task.token.weight.detach().cpu().clone()

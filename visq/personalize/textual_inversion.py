@@ -104,16 +104,20 @@ class TextualInversionTask(TrainTask):
         if len(init_ids) != 1:
             raise ValueError(f"init_word {settings.init_word!r} must be one token (it is {len(init_ids)})")
         self.token = TokenEmbedding(table.weight[init_ids[0]])
+        self.ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
+        if not bool((self.ids == self.token_id).any(dim=1).all()):
+            raise ValueError(f"every prompt must contain the token {token!r} (e.g. 'a {token} on a green background')")
+        check_images(images)
         self._flags = {name: (m.training, [p.requires_grad for p in m.parameters()])
                        for name, m in self._pipe_modules().items()}
         for m in self._pipe_modules().values():  # eval: no dropout, identical n + 1 forwards; frozen: no grads
             m.eval().requires_grad_(False)
         self._hook = table.register_forward_hook(self._inject)
-        device = self.token.weight.device
-        self.ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
-        if not bool((self.ids == self.token_id).any(dim=1).all()):
-            raise ValueError(f"every prompt must contain the token {token!r} (e.g. 'a {token} on a green background')")
-        self.latents = _encode(pipe, images.to(device))
+        try:
+            self.latents = _encode(pipe, images.to(self.token.weight.device))
+        except BaseException:
+            self.close()
+            raise
         self.subspace = SubspaceProjector(self.token.weight.numel(), settings.tau, settings.nu) if (
             settings.method == "zo" and settings.tau) else None
         if settings.method == "zo" and (n := activation_quantizers(pipe)):
@@ -215,11 +219,21 @@ def activation_quantizers(pipe: Any) -> int:
 
 
 @torch.no_grad()
+def check_images(images: Any) -> Tensor:
+    """Reference images as floats in [0, 1]; raises on anything else (NaN would train a NaN token silently)."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"reference images must be a tensor (n, 3, H, W), got {type(images).__name__}")
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if x.ndim != 4 or x.shape[1] != 3 or len(x) == 0:
+        raise ValueError(f"reference images must be (n, 3, H, W) with n >= 1, got shape {tuple(images.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("reference images hold NaN or inf values; load them again (uint8 or floats in [0, 1])")
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise ValueError("reference images must be uint8 or floats in [0, 1] (not [-1, 1] or [0, 255] floats)")
+    return x
+
+
 def _encode(pipe: Any, images: Tensor) -> Tensor:
     """Latents (posterior mean x scaling factor) of images in [0, 1] (float) or uint8."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"reference images must be (n, 3, H, W), got shape {tuple(images.shape)}")
-    if float(x.min()) < 0 or float(x.max()) > 1:
-        raise ValueError("reference images must be uint8 or floats in [0, 1]")
+    x = check_images(images)
     return pipe.vae.encode(x * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor

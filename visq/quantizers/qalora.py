@@ -62,7 +62,13 @@ class QALoRAQuantizer(Quantizer):
         rank = min(spec.rank, site.channels, site.numel_per_channel)
         self.lora_A = nn.Parameter(torch.empty(rank, site.numel_per_channel))
         self.lora_B = nn.Parameter(torch.zeros(site.channels, rank))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's init, as EfficientDM's loraA
+        self.reset_lora()
+
+    def reset_lora(self, generator: torch.Generator | None = None) -> None:
+        """``A`` drawn as nn.Linear's init (EfficientDM's loraA) from ``generator``, ``B = 0`` (so ``B A = 0``)."""
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
+            self.lora_B.zero_()
 
     def delta(self, like: Tensor) -> Tensor:
         """The dense update ``B A`` in the weight's shape and dtype."""

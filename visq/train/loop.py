@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 # Settings that change neither the result nor the files' meaning: a run may resume with other values.
-_FREE_SETTINGS = ("out_dir", "progress", "desc")
+_FREE_SETTINGS = ("out_dir", "progress", "desc", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def fit(task: TrainTask, settings: TrainSettings, accelerator: Any = None) -> Tr
     run = RunDir(settings.out_dir)
     record = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _FREE_SETTINGS}
     if accelerator.is_main_process:
-        run.check_settings({"task": task.name, "task_config": task.config(), "settings": record})
+        run.check_settings({"task": task.name, "task_config": task.config(), "settings": record}, _FREE_SETTINGS)
     task.to(accelerator.device)
     groups = _checked_groups(task.param_groups(), settings)
     params = [p for g in groups for p in g["params"]]

@@ -39,14 +39,19 @@ class RunDir:
     def metrics(self) -> Path | None:
         return self.path / "metrics.jsonl" if self.path else None
 
-    def check_settings(self, settings: dict[str, Any]) -> None:
-        """Record the run's settings, or refuse to resume a run that was started with other settings."""
+    def check_settings(self, settings: dict[str, Any], free: tuple[str, ...] = ()) -> None:
+        """Record the run's settings, or refuse to resume a run that was started with other settings.
+
+        ``free`` names entries of ``settings["settings"]`` that may differ (a folder written before one of them
+        became free still resumes)."""
         if self.path is None:
             return
         file = self.path / "run.json"
         settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
         if file.exists() and self.checkpoint.exists():
             before = json.loads(file.read_text())
+            if isinstance(before.get("settings"), dict):
+                before["settings"] = {k: v for k, v in before["settings"].items() if k not in free}
             if before != settings:
                 old, new = _flat(before), _flat(settings)
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
