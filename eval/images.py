@@ -469,12 +469,8 @@ def _cmd_clip(args: Any) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Command-line entry point (see the module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cli = _parser()
-    args = cli.parse_args(argv)
-    try:
-        result = {"run": _cmd_run, "fid": _cmd_fid, "clip": _cmd_clip}[args.cmd](args)
-    except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: its message and exit 2, no traceback
-        cli.error(str(err))
+    args = _parser().parse_args(argv)
+    result = {"run": _cmd_run, "fid": _cmd_fid, "clip": _cmd_clip}[args.cmd](args)
     if result is not None and dist.state().is_main_process:
         print(json.dumps(result, indent=1, sort_keys=True))
     return result

@@ -36,12 +36,16 @@ def _read_calib(path: str) -> list[Any]:
     return [int(x) for x in lines] if all(x.isdigit() for x in lines) else lines
 
 
+def _calib_options(obj: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """--steps for a pipeline's calibration runs; a classifier's calibration has no sampling steps."""
+    return {"num_inference_steps": args.steps} if hasattr(obj, "scheduler") else {}
+
+
 def cmd_quantize(args: argparse.Namespace) -> None:
     visq.io.check_folder(args.out)  # before the minutes of calibration, not after
     obj = _load_source(args.source)
     calib = _read_calib(args.calib)
-    visq.quantize(obj, args.recipe, method=args.method, calib=calib,
-                  calib_options={"num_inference_steps": args.steps})
+    visq.quantize(obj, args.recipe, method=args.method, calib=calib, calib_options=_calib_options(obj, args))
     visq.save(obj, args.out)
     state = visq.quant_state(obj)
     if args.summary:
@@ -81,7 +85,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     calib = _doctor_calib(obj, args)
     diag = visq.doctor(obj, args.recipe, method=args.method, calib=calib, bits=tuple(args.bits),
                        roles=tuple(args.roles), max_calls=args.max_calls, over=args.over,
-                       calib_options={"num_inference_steps": args.steps})
+                       calib_options=_calib_options(obj, args))
     print(diag.table(args.top))
     if args.out:
         diag.save(args.out)
@@ -93,7 +97,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
     if not args.save:
         raise SystemExit("--mixed-*-bits needs --save FOLDER for the mixed-precision model")
     fresh = _load_source(args.source)
-    visq.quantize(fresh, recipe, calib=calib, calib_options={"num_inference_steps": args.steps})
+    visq.quantize(fresh, recipe, calib=calib, calib_options=_calib_options(fresh, args))
     visq.save(fresh, args.save)
     print(f"{recipe.name}: saved to {args.save} (`visq summary {args.save}` lists every site's bits)")
 

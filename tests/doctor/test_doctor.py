@@ -138,3 +138,16 @@ def test_trajectory_errors_are_those_of_whole_sampling_runs():
         doctor(fresh.unet, "w4a8", calib=prompts, over="trajectory", progress=False)
     with pytest.raises(ValueError, match="over must be"):
         doctor(fresh, "w4a8", calib=prompts, over="steps", progress=False)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"bits": (1,)}, ValueError, r"candidate widths \[1\] are outside 2\.\.8"),
+    ({"bits": 4}, TypeError, "bits must be a tuple of ints"),
+    ({"max_calls": 0}, ValueError, "max_calls must be >= 1, got 0"),
+    ({"top_k": 0}, ValueError, "top_k must be >= 1"),
+    ({"histograms": -1}, ValueError, "histograms must be >= 0"),
+    ({"roles": "weight"}, ValueError, "roles must be a non-empty subset"),
+])
+def test_bad_doctor_arguments_raise_before_any_measurement(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        doctor(_fragile_mlp(), "w4a8", calib=torch.randn(8, 16), progress=False, **kwargs)

@@ -1,7 +1,6 @@
 import copy
 
 import pytest
-import torch
 
 import visq
 from visq import testing as tiny
@@ -13,9 +12,9 @@ STEPS = 3  # sampling steps of calibration, distillation and evaluation
 def quantized_sd(rank: int = 4, seed: int = 0, **kwargs):
     """A tiny text-to-image pipeline quantized W4A4 with efficientdm (3 calibrated timesteps)."""
     pipe = tiny.tiny_sd()
-    torch.manual_seed(seed)  # LoRA A is drawn when the quantizers are built
     visq.quantize(pipe, "w4a4", method="efficientdm", calib=PROMPTS, progress=False, rank=rank, act_init="minmax",
-                  calib_options={"num_inference_steps": STEPS, "guidance_scale": 4.0, "batch_size": 4}, **kwargs)
+                  seed=seed, calib_options={"num_inference_steps": STEPS, "guidance_scale": 4.0, "batch_size": 4},
+                  **kwargs)
     return pipe
 
 

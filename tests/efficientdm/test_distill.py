@@ -157,3 +157,45 @@ def test_loss_weights_per_sampling_step():
     assert x0[0] > 5 and x0[0] > x0[1] > x0[2] > x0[10] and x0[-1] < 0.01
     with pytest.raises(ValueError, match="loss_weight"):
         DistillSettings(loss_weight="snr")
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"act_lr": -1e-3}, "act_lr must be a finite number >= 0"),
+    ({"weight_step_lr": float("nan")}, "weight_step_lr must be a finite number"),
+    ({"lora_lr": 0.0}, "lora_lr must be a finite number > 0"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+])
+def test_bad_distill_settings_raise(change, match):
+    with pytest.raises(ValueError, match=match):
+        DistillSettings(**change)
+
+
+def test_a_string_is_not_a_list_of_prompts(qsd):
+    with pytest.raises(TypeError, match=r"got the string 'a red circle' \(one prompt: \['a red circle'\]\)"):
+        finetune(qsd, "a red circle", epochs=1, progress=False)
+
+
+def test_a_failed_finetune_restores_flags_and_hooks(qsd, tmp_path):
+    finetune(qsd, PROMPTS, steps=1, settings=FAST, out_dir=str(tmp_path), progress=False)
+    pipe = copy.deepcopy(qsd)
+    parts = (pipe.unet, pipe.text_encoder)
+    flags = [[p.requires_grad for p in m.parameters()] for m in parts]
+    hooks = [sum(len(s._forward_hooks) + len(s._forward_pre_hooks) for s in m.modules()) for m in parts]
+    with pytest.raises(ValueError, match="other settings"):  # fails inside the loop, after the task froze weights
+        finetune(pipe, PROMPTS, steps=1, settings=DistillSettings(lora_lr=0.01), out_dir=str(tmp_path),
+                 progress=False)
+    assert flags == [[p.requires_grad for p in m.parameters()] for m in parts]
+    assert hooks == [sum(len(s._forward_hooks) + len(s._forward_pre_hooks) for s in m.modules()) for m in parts]
+
+
+def test_the_lora_initialisation_comes_from_the_method_seed():
+    from tests.efficientdm.conftest import quantized_sd
+
+    def lora_a(pipe):
+        return torch.cat([p.flatten() for n, p in pipe.unet.named_parameters() if n.endswith("lora_A")])
+
+    torch.manual_seed(1)
+    first = lora_a(quantized_sd(seed=3))
+    torch.manual_seed(2)  # the global generator no longer matters
+    assert torch.equal(first, lora_a(quantized_sd(seed=3)))
+    assert not torch.equal(first, lora_a(quantized_sd(seed=4)))

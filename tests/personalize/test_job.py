@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -113,3 +114,26 @@ def test_peak_rss_is_read_before_the_traced_steps(tmp_path, monkeypatch):
     cfg = job.Config(out=str(tmp_path), steps=1, n_refs=1, n_prompts=1, n_calib=1, eval_every=0, progress=False)
     result = job.main(cfg)
     assert order == ["rss", "traced"] and result["peak_rss_mb"] == 1.0 and result["memory"]["step_peak_mb"] == 1.0
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--lr", "-1"], r"lr must be > 0 \(or 0 for the method's default\), got -1.0"),
+    (["--zo-n", "0"], "zo_n .* must be >= 1"),
+    (["--zo-tau", "-2"], "zo_tau must be >= 0"),
+    (["--checkpoint-every", "0"], "checkpoint_every must be >= 1"),
+    (["--concept", "star"], "unknown concept 'star'"),
+])
+def test_bad_flags_exit_2_with_the_reason(flags, match, capsys):
+    from pipelines._cli import parse
+
+    with pytest.raises(SystemExit) as err:
+        parse(job.Config, flags)
+    assert err.value.code == 2
+    assert re.search(match, capsys.readouterr().err)
+
+
+def test_checkpoint_interval_is_a_flag_that_does_not_change_a_result():
+    from pipelines._cli import parse
+
+    cfg = parse(job.Config, ["--checkpoint-every", "5"])
+    assert cfg.checkpoint_every == 5 and "checkpoint_every" in job._IGNORED

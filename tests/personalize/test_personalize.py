@@ -168,3 +168,33 @@ def test_schedule_reaches_the_training_loop(tmp_path):
 
     lrs = [m["lr"] for m in read_metrics(tmp_path) if "lr" in m]
     assert lrs == pytest.approx([0.0075, 0.005, 0.0025, 0.0])  # linear to 0, logged after each step's update
+
+
+def _frozen_state(pipe):
+    parts = (pipe.text_encoder, pipe.unet, pipe.vae)
+    return ([[p.requires_grad for p in m.parameters()] for m in parts],
+            [sum(len(s._forward_hooks) for s in m.modules()) for m in parts], len(pipe.tokenizer))
+
+
+@pytest.mark.parametrize("images, prompts, kwargs, error, match", [
+    (torch.full((2, 3, 32, 32), float("nan")), PROMPTS, {}, ValueError, "NaN or inf"),
+    (torch.rand(2, 3, 32, 32) * 2 - 1, PROMPTS, {}, ValueError, r"uint8 or floats in \[0, 1\]"),
+    (torch.rand(2, 32, 32), PROMPTS, {}, ValueError, r"\(n, 3, H, W\)"),
+    ([1, 2], PROMPTS, {}, TypeError, "must be a tensor"),
+    (None, "a <new>", {}, TypeError, "prompts must be a list of strings"),
+    (None, ["a red circle", "a blue square"], {}, ValueError, "every prompt must contain the token"),
+    (None, PROMPTS, {"steps": 0}, ValueError, "steps must be >= 1"),
+    (None, PROMPTS, {"checkpoint_every": 0}, ValueError, "checkpoint_every and log_every must be >= 1"),
+])
+def test_bad_personalize_input_raises_and_leaves_the_pipeline_as_it_was(images, prompts, kwargs, error, match):
+    pipe = _pipe()
+    before = _frozen_state(pipe)
+    with pytest.raises(error, match=match):
+        personalize(pipe, _images() if images is None else images, TOKEN, prompts, progress=False,
+                    settings=PersonalizeSettings(init_word="red"), **kwargs)
+    assert _frozen_state(pipe) == before
+
+
+def test_personalize_needs_a_text_to_image_pipeline():
+    with pytest.raises(TypeError, match="text-to-image pipeline .*VisionTransformer has no tokenizer"):
+        personalize(visq.testing.tiny_vit(), _images(), TOKEN, PROMPTS)

@@ -110,3 +110,42 @@ def test_bad_input_raises_clear_errors(teacher, short):
     mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     with pytest.raises(ValueError, match="needs timm Attention blocks"):
         train(mlp, "w2a2", draw, teacher=teacher, method="ofq", config=short)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"anneal_steps": -1}, "anneal_steps must be >= 0, got -1"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"lr": 0.0}, "lr must be a finite number > 0"),
+    ({"min_lr_ratio": 2.0}, r"min_lr_ratio must be in \[0, 1\]"),
+    ({"grad_clip": -1.0}, "grad_clip must be a finite number > 0"),
+])
+def test_bad_config_values_raise(change, match):
+    with pytest.raises(ValueError, match=match):
+        QATConfig(**change)
+
+
+def test_teacher_and_data_are_checked_before_the_model_changes(teacher, short):
+    student = tiny_vit()
+    before = _state(student)
+    with pytest.raises(TypeError, match="teacher must be the float nn.Module .*got str 'deit'"):
+        train(student, "w2a2", draw, teacher="deit", config=short)
+    with pytest.raises(ValueError, match="teacher is the model itself"):
+        train(student, "w2a2", draw, teacher=student, config=short)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        train(student, "w2a2", torch.full((8, 3, 32, 32), float("nan")), teacher=teacher, config=short)
+    with pytest.raises(TypeError, match="data must be a tensor of inputs or fn"):
+        train(student, "w2a2", [1, 2], teacher=teacher, config=short)
+    assert getattr(student, "visq_state", None) is None
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+
+
+def test_a_failed_run_leaves_the_float_model_so_a_retry_works(teacher, short, tmp_path):
+    train(tiny_vit(), "w2a2", draw, teacher=teacher, method="ofq", config=short, out_dir=tmp_path, progress=False)
+    student = tiny_vit()
+    before, kinds = _state(student), [type(m) for m in student.modules()]
+    other = dataclasses.replace(short, batch_size=4)  # the folder refuses these settings once training starts
+    with pytest.raises(ValueError, match="other settings"):
+        train(student, "w2a2", draw, teacher=teacher, method="ofq", config=other, out_dir=tmp_path, progress=False)
+    assert getattr(student, "visq_state", None) is None and [type(m) for m in student.modules()] == kinds
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())  # QKR and training undone
+    train(student, "w2a2", draw, teacher=teacher, method="ofq", config=short, progress=False)  # the retry runs
