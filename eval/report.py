@@ -33,9 +33,10 @@ SIZE_NOTE = ("denoiser MB is the ideal packed size of the denoiser's parameters:
              "visq.save writes, which keep float weights and the quantizers' parameters.")
 
 
-def markdown_table(results: dict[str, dict]) -> str:
-    """The metrics as a markdown table: a row per configuration, the columns any configuration has."""
-    present = [c for c in COLUMNS if any(c[0] in m for m in results.values())]
+def markdown_table(results: dict[str, dict], exclude: tuple[str, ...] = ()) -> str:
+    """The metrics as a markdown table: a row per configuration, the columns any configuration has (less
+    ``exclude``, keys of ``COLUMNS``)."""
+    present = [c for c in COLUMNS if c[0] not in exclude and any(c[0] in m for m in results.values())]
     lines = ["| config | " + " | ".join(h for _, h, _, _ in present) + " |", "|---|" + "---|" * len(present)]
     for name, m in results.items():
         lines.append(f"| {name} | " + " | ".join(f.format(m[k]) if k in m else "-" for k, _, f, _ in present) + " |")

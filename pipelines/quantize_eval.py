@@ -74,6 +74,9 @@ def _scorers(cfg: Config) -> Scorers:
 
 
 BLOCK = "main-job"  # the README block this job writes (eval.report.replace_block)
+# Timing depends on the machine and its load: it stays in metrics.json / report.md, the README shows no such figure
+# (speed is measured by eval.bench_speed, interleaved on one machine).
+README_EXCLUDE = ("sec_per_image",)
 
 
 def readme_block(payload: dict[str, Any]) -> str:
@@ -88,9 +91,9 @@ def readme_block(payload: dict[str, Any]) -> str:
              f"{run_spec['gen']['steps']} sampling steps, guidance {run_spec['gen']['guidance']:g}; calibration on "
              f"{len(run_spec['calib'] or [])} training-split captions with the same sampler; FID on "
              f"`{first.get('fid_network', 'none')}` features against {first.get('fid_reference_n', '-')} held-out "
-             f"real images; CLIP score by `{first.get('clip_network', 'none')}`; s / image depends on the machine and "
-             "its load, indicative only):")
-    return "\n".join([setup, "", markdown_table(metrics), "", *[f"- {n}" for n in notes(metrics)]])
+             f"real images; CLIP score by `{first.get('clip_network', 'none')}`; the run's s / image is in its "
+             "metrics.json, not here: it depends on the machine and its load):")
+    return "\n".join([setup, "", markdown_table(metrics, README_EXCLUDE), "", *[f"- {n}" for n in notes(metrics)]])
 
 
 def main(cfg: Config = Config(), scorers: Scorers | None = None) -> dict[str, Any] | None:

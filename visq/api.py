@@ -147,6 +147,9 @@ def summary(obj: Any) -> str:
     lines += [f"  {site:<{width}}  {spec.short()}" for site, spec in quantized.items()]
     lines.append(f"float layers: {len(state.plan.float_layers)}")
     lines += [f"  {path or '<root>':<{width}}  {why}" for path, why in state.plan.float_layers.items()]
+    if state.plan.adjusted:
+        lines.append(f"sites fitted to their layer: {len(state.plan.adjusted)}")
+        lines += [f"  {site:<{width}}  {why}" for site, why in state.plan.adjusted.items()]
     if state.timesteps:
         lines.append(f"calibrated timesteps: {', '.join(f'{t:g}' for t in state.timesteps)}")
     lines += summary_lines(model)

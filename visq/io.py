@@ -48,6 +48,7 @@ def save(obj: Any, folder: str | Path) -> Path:
         "timesteps": list(state.timesteps),
         "sites": {site: spec.to_dict() for site, spec in state.plan.quantized.items()},
         "float_layers": state.plan.float_layers,
+        "adjusted": state.plan.adjusted,
     }
     if getattr(model, "visq_export", None) is not None:
         meta["export"] = model.visq_export.to_dict()  # load rebuilds these layers before reading their buffers
@@ -134,6 +135,7 @@ def load(obj: T, folder: str | Path) -> T:
     exact = Recipe(tuple(Rule(site, spec) for site, spec in specs.items()), keep_host_defaults=False)
     plan = sites.plan(model, exact, [], timesteps)
     plan.float_layers = dict(meta.get("float_layers", plan.float_layers))
+    plan.adjusted = dict(meta.get("adjusted", {}))
     undo = sites.install(model, plan)
     try:
         if "export" in meta:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from torch import nn
 
 from visq.modules import quant_class_for
-from visq.quantizers import Quantizer, QuantSpec, SiteShape, build
+from visq.quantizers import Quantizer, QuantSpec, SiteShape, Uniform, build
 from visq.recipes import Recipe
 
 ATTENTION_SLOTS = ("q_quantizer", "k_quantizer", "v_quantizer", "probs_quantizer")
@@ -80,6 +80,7 @@ class Plan:
     specs: dict[str, QuantSpec | None] = field(default_factory=dict)
     shapes: dict[str, SiteShape] = field(default_factory=dict)
     float_layers: dict[str, str] = field(default_factory=dict)
+    adjusted: dict[str, str] = field(default_factory=dict)  # site -> how its spec was fitted to the layer
 
     @property
     def quantized(self) -> dict[str, QuantSpec]:
@@ -130,12 +131,33 @@ def plan(model: nn.Module, recipe: Recipe, host_rules: list[FloatRule], timestep
                 spec, reason = None, f"host default: {host_rule.reason}"
             else:
                 spec, reason = _spec_from_recipe(recipe, site)
+                spec, note = fit_groups(spec, shape)
+                if note:
+                    result.adjusted[site] = note
             result.specs[site], result.shapes[site] = spec, _with_timesteps(site, spec, shape, timesteps)
             reasons.append(reason)
         if all(result.specs[owner.site(slot)] is None for slot in owner.shapes):
             result.float_layers[owner.path] = reasons[0]
     _check_rules(recipe, result, unsupported)
     return result
+
+
+def fit_groups(spec: QuantSpec | None, shape: SiteShape) -> tuple[QuantSpec | None, str]:
+    """A weight group size that does not divide the layer falls back, as peers fall back per layer: to the largest
+    divisor of the group axis not above it (never coarser than asked) when that keeps at least a quarter of the
+    group, else to one range per output channel. Returns the spec and a note for ``summary`` ("" when unchanged)."""
+    if not isinstance(spec, Uniform) or spec.granularity != "group" or shape.role != "weight":
+        return spec, ""
+    conv = shape.kernel > 1 and not spec.flat_groups
+    axis = shape.numel_per_channel // shape.kernel if conv else shape.numel_per_channel
+    if axis % spec.group_size == 0:
+        return spec, ""
+    size = next(d for d in range(min(spec.group_size, axis), 0, -1) if axis % d == 0)
+    what = f"{axis} input {'channels' if conv else 'elements'}"
+    if 4 * size >= spec.group_size:
+        return replace(spec, group_size=size), f"group {spec.group_size} does not divide its {what}: group {size}"
+    return (replace(spec, granularity="channel", group_size=0),
+            f"group {spec.group_size} does not divide its {what} (no divisor >= {spec.group_size // 4}): per channel")
 
 
 def _with_timesteps(site: str, spec: QuantSpec | None, shape: SiteShape, timesteps: tuple[float, ...]) -> SiteShape:

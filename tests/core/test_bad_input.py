@@ -248,7 +248,7 @@ class _Payload:
 def test_a_crafted_checkpoint_is_refused_without_running_its_code(tmp_path):
     run = RunDir(tmp_path / "run")
     marker = tmp_path / "pwned"
-    (tmp_path / "run" / "checkpoint.pt").write_bytes(pickle.dumps({"step": 1, "x": _Payload(str(marker))}))
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(pickle.dumps({"step": 1, "x": _Payload(str(marker))}, protocol=2))
     with pytest.raises(ValueError, match="not written by visq .*not unpickled"):
         run.load()
     assert not marker.exists()
@@ -261,7 +261,7 @@ def test_the_zoo_trainers_checkpoints_are_read_without_code_either(tmp_path):
     ckpt.maybe_save(lambda: {"step": 3, "model": {"w": torch.ones(2)}}, force=True)
     assert ckpt.load()["step"] == 3
     marker = tmp_path / "pwned"
-    ckpt.path.write_bytes(pickle.dumps(_Payload(str(marker))))
+    ckpt.path.write_bytes(pickle.dumps(_Payload(str(marker)), protocol=2))
     with pytest.raises(ValueError, match="not unpickled"):
         ckpt.load()
     assert not marker.exists()

@@ -1,14 +1,18 @@
 """The README's main-job block is what ``pipelines.quantize_eval`` renders, so it cannot drift silently.
 
-The job writes the block (``--readme README.md``, and ``<out>/readme_block.md`` always); this test re-renders it:
-from ``runs/quantize_eval/metrics.json`` when that run exists and matches today's defaults and weights (numbers
-included), else from the README's own numbers (columns, rows, formats, setup line and notes).
+The job writes the block (``--readme README.md``, and ``<out>/readme_block.md`` always); this test re-renders it
+from the README's own numbers (columns, rows, formats, setup line and notes must be exactly what the job writes).
+When ``runs/quantize_eval/metrics.json`` exists and matches today's defaults and weights (the README's first
+command wrote it), the README's numbers must also agree with that run within what differs between CPUs (float
+rounding in the sampler: 0.16 dB of PSNR between two x86 machines); the block shows no timing.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from eval.report import COLUMNS, read_block
 from pipelines.quantize_eval import BLOCK, Config, readme_block
@@ -57,12 +61,25 @@ def _payload_from_readme(table: dict[str, dict], block: str) -> dict:
     return {"configs": configs, "run": run_spec}
 
 
+# Largest difference between CPUs per column (absolute); sizes and bits are exact on every machine.
+CROSS_CPU = {"fid": 0.05, "clip_score": 0.5, "psnr": 0.5, "ssim": 0.002, "lpips": 0.005, "size_mb": 0.0,
+             "weight_bits": 0.0}
+
+
 def test_readme_main_job_block_is_what_the_job_renders():
     block = read_block((ROOT / "README.md").read_text(), BLOCK)
     table = _parse_table(block)
     assert list(table) == list(Config().configs)
+    assert block == readme_block(_payload_from_readme(table, block))
+    assert "s / image" not in block.split("\n\n")[1]  # no machine timing column in the README
+
+
+def test_readme_numbers_agree_with_this_machines_run_of_the_first_command():
     payload = _matching_run()
-    if payload is not None:  # numbers too: the README shows today's run
-        assert block == readme_block(payload)
-    else:
-        assert block == readme_block(_payload_from_readme(table, block))
+    if payload is None:
+        pytest.skip("no default run of `python -m pipelines.quantize_eval` in runs/quantize_eval")
+    table = _parse_table(read_block((ROOT / "README.md").read_text(), BLOCK))
+    for name, row in table.items():
+        measured = payload["configs"][name]
+        for key, value in row.items():
+            assert abs(measured[key] - value) <= CROSS_CPU[key] + 1e-9, (name, key, measured[key], value)
