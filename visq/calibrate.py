@@ -105,8 +105,31 @@ def observing(model: nn.Module) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+    _fit_all(model, quantizers)
+
+
+def _fit_all(model: nn.Module, quantizers: list[Quantizer]) -> None:
+    """Fit every quantizer; those that saw no data are named together, with the module that bypassed them."""
+    names = {id(m): name for name, m in model.named_modules()}
+    failed: list[tuple[str, str]] = []
     for q in quantizers:
-        q.fit()
+        try:
+            q.fit()
+        except RuntimeError as err:
+            failed.append((names.get(id(q), type(q).__name__), str(err)))
+    if not failed:
+        return
+    site = failed[0][0]
+    layer = site.rsplit(".", 1)[0]
+    parent = layer.rsplit(".", 1)[0] if "." in layer else ""
+    owner = f"{parent} ({type(model.get_submodule(parent)).__name__})" if parent else type(model).__name__
+    shown = ", ".join(name for name, _ in failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+    raise RuntimeError(
+        f"{len(failed)} quantizer sites saw no calibration data: {shown} ({failed[0][1]}). The first is inside "
+        f"{owner}: a module that uses its layer's weight directly (e.g. F.linear(x, self.qkv.weight, bias)) or a "
+        "fused kernel bypasses the quantized layer. Keep those sites float with Rule('<pattern>', None) in a Recipe, "
+        "or calibrate with data that reaches them."
+    )
 
 
 def _observe_and_pass(module: Quantizer, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ classes that a host adapts (timm ``Attention``, diffusers ``Attention`` through 
 from __future__ import annotations
 
 import fnmatch
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -111,11 +112,20 @@ def find_owners(model: nn.Module) -> tuple[list[Owner], dict[str, str]]:
             owners.append(Owner(path, path, _layer_shapes(module)))
         elif adapter is not None:
             owners.append(Owner(path, adapter.site_prefix(path), adapter.shapes(module), adapter))
-        elif type(module).__name__.endswith("Attention"):
+        elif _looks_like_attention(type(module).__name__):
             unsupported[path] = f"attention class {type(module).__name__} has no visq adapter"
         elif any(True for _ in module.parameters(recurse=False)):
             unsupported[path] = f"{type(module).__name__} is not a quantizable layer type"
     return owners, unsupported
+
+
+# timm / diffusers attention classes: Attention, EvaAttention, ClassAttn, TalkingHeadAttn, XCA, Attention2d,
+# Attention2dDownsample, MultiScaleAttention, MaskUnitAttention, ... (blocks that hold one are not attention)
+_ATTENTION_NAME = re.compile(r"(Attention|Attn|XCA)(2d)?(Downsample)?$")
+
+
+def _looks_like_attention(name: str) -> bool:
+    return bool(_ATTENTION_NAME.search(name)) and "Block" not in name
 
 
 def plan(model: nn.Module, recipe: Recipe, host_rules: list[FloatRule], timesteps: tuple[float, ...] = ()) -> Plan:
@@ -186,15 +196,15 @@ def _check_rules(recipe: Recipe, result: Plan, unsupported: dict[str, str]) -> N
                 f"recipe rule {i} ({rule.pattern!r}) matches no quantizer site. Site names look like: {examples}. "
                 "Fix the pattern or mark the rule optional=True."
             )
-    wants_attention = any(
-        rule.spec is not None and any(rule.matches(f"x.{slot}") for slot in ATTENTION_SLOTS) for rule in recipe.rules
-    )
+    hits = [recipe.spec_for(f"x.{slot}") for slot in ATTENTION_SLOTS]  # first match wins, as for real sites
+    wants_attention = any(hit is not None and hit[1] is not None for hit in hits)
     bypassed = [p for p, why in unsupported.items() if why.startswith("attention class")]
     if wants_attention and bypassed:
         raise ValueError(
             f"{bypassed[0]}: {unsupported[bypassed[0]]}, so its q/k/v/probs quantizers would be silently skipped "
             "(fused attention). Keep attention float with a Recipe whose '*.q_quantizer', '*.k_quantizer', "
-            "'*.v_quantizer' and '*.probs_quantizer' rules are None (or activation bits 16)."
+            "'*.v_quantizer' and '*.probs_quantizer' rules come first with spec None (optional=True), or use "
+            "activation bits 16."
         )
 
 

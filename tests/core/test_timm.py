@@ -3,6 +3,7 @@ import timm
 import torch
 
 import visq
+from visq import Rule
 from visq.hosts.timm import QuantAttention, QuantWindowAttention
 from visq.testing import tiny_vit
 
@@ -66,3 +67,35 @@ def test_distilled_deit_and_swin(name):
     assert cosine(ref, out) >= 0.99
     if "swin" in name:
         assert any(isinstance(m, QuantWindowAttention) for m in model.modules())
+
+
+def _tiny(name, **kwargs):
+    return timm.create_model(name, pretrained=False, num_classes=10, img_size=32, **kwargs).eval()
+
+
+def test_attention_without_an_adapter_is_an_error_or_a_named_float_layer():
+    cait = dict(patch_size=8, embed_dim=32, depth=1, num_heads=2, depth_token_only=1)
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="blocks.0.attn: attention class TalkingHeadAttn has no visq adapter"):
+        visq.quantize(_tiny("cait_xxs24_224", **cait), "w8a8", calib=x, progress=False)
+    model = visq.quantize(_tiny("cait_xxs24_224", **cait), "w8a16", calib=x, progress=False)
+    text = visq.summary(model)
+    assert "blocks.0.attn" in text and "attention class TalkingHeadAttn has no visq adapter" in text
+    assert "attention class ClassAttn has no visq adapter" in text
+
+
+def test_a_layer_whose_weight_is_used_directly_is_named_when_calibration_misses_it():
+    from dataclasses import replace
+
+    from visq.recipes import parse
+
+    beit = _tiny("beit_base_patch16_224", patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    before = [type(m) for m in beit.modules()]
+    recipe = parse("w8a8")
+    attention_float = tuple(Rule(p, None, optional=True) for p in
+                            ("*.q_quantizer", "*.k_quantizer", "*.v_quantizer", "*.probs_quantizer"))
+    with pytest.raises(RuntimeError, match=r"1 quantizer sites saw no calibration data: blocks\.0\.attn\.qkv\."
+                                           r"input_quantizer .*inside blocks\.0\.attn \(Attention\).*F\.linear"):
+        visq.quantize(beit, replace(recipe, rules=attention_float + recipe.rules), calib=torch.randn(2, 3, 32, 32),
+                      progress=False)
+    assert [type(m) for m in beit.modules()] == before
