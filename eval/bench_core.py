@@ -8,7 +8,6 @@ same background load.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 import visq
+from eval.timing import interleaved, medians
 from visq.testing import tiny_sd
 
 OUT = Path(__file__).parent / "results" / "core_bench.md"
@@ -33,15 +33,7 @@ class Config:
 
 
 def _median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return medians(interleaved(fns, repeats))
 
 
 def bench_vit(cfg: Config) -> dict[str, float]:

@@ -17,7 +17,6 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from eval.speed_rows import ROWS, Row, apply
+from eval.timing import interleaved, medians, paired_ratio
 
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
@@ -42,7 +42,8 @@ MARK_START, MARK_END = "<!-- bench_speed:start -->", "<!-- bench_speed:end -->"
 class Config:
     models: tuple[str, ...] = ("deit-s", "vit-zoo", "unet-zoo")
     rows: tuple[str, ...] = tuple(ROWS)
-    repeats: int = 3  # interleaved timed calls per cell (after one warm-up / compile call)
+    repeats: int = 7  # interleaved timed rounds per cell (row and fp32 alternately)
+    warmup: int = 2  # untimed rounds first (allocator growth, oneDNN primitives), after the compile call
     threads: int = 1  # one thread: on a shared, oversubscribed machine two threads mostly wait at OpenMP barriers
     batch: dict[str, int] | None = None  # per model; defaults in BATCH
     quality: bool = True  # top-1 / PSNR cells on the zoo models
@@ -127,18 +128,21 @@ def measure(model: str, row: Row, cfg: Config) -> dict[str, Any]:
     subject = build(model, batch, cfg.seed)
     start = time.perf_counter()
     obj = apply(row, subject.obj, subject.calib, subject.calib_options, lambda: subject.calib_forward(subject.obj))
-    result: dict[str, Any] = {"prepare_s": time.perf_counter() - start, "batch": batch, "cpu": cpu()}
+    result: dict[str, Any] = {"prepare_s": time.perf_counter() - start, "batch": batch, "cpu": cpu(),
+                              "repeats": cfg.repeats, "warmup": cfg.warmup}
     with torch.no_grad():
         start = time.perf_counter()
         subject.call(obj, row.dtype)
         first = time.perf_counter() - start
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         reference = build(model, batch, cfg.seed)
-        times = _interleaved({"row": lambda: subject.call(obj, row.dtype),
-                              "fp32": lambda: reference.call(reference.obj, torch.float32)}, cfg.repeats)
-    result.update(ms=times["row"], fp32_ms=times["fp32"], speedup=times["fp32"] / times["row"])
+        times = interleaved({"row": lambda: subject.call(obj, row.dtype),
+                             "fp32": lambda: reference.call(reference.obj, torch.float32)}, cfg.repeats, cfg.warmup)
+    ms, ratio = medians(times), paired_ratio(times["fp32"], times["row"])
+    result.update(ms=ms["row"], fp32_ms=ms["fp32"], speedup=ratio["median"], speedup_min=ratio["min"],
+                  speedup_max=ratio["max"])
     if row.compiled:
-        result["compile_s"] = first - times["row"] / 1e3
+        result["compile_s"] = first - ms["row"] / 1e3
     result["checkpoint_mb"] = _checkpoint_mb(row, obj)
     if cfg.quality and model in ("vit-zoo", "unet-zoo"):
         result.update(_quality(model, row, obj, reference.obj, cfg))
@@ -155,16 +159,6 @@ def cpu() -> str:
     isa = [f for f in ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx_vnni", "avx2")
            if f in flags]
     return f"{name} ({', '.join(isa) or 'no AVX2'})"
-
-
-def _interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _checkpoint_mb(row: Row, obj: Any) -> float:
@@ -309,7 +303,11 @@ def _parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
     p = argparse.ArgumentParser(description="Speed / size / quality of visq exported models vs torchao and quanto.")
     p.add_argument("--models", nargs="+", default=list(Config.models), choices=MODELS, help="models to run")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows to run")
-    p.add_argument("--repeats", type=int, default=Config.repeats, help="interleaved timed calls per cell")
+    p.add_argument("--repeats", type=int, default=Config.repeats, help="interleaved timed rounds per cell")
+    p.add_argument("--warmup", type=int, default=Config.warmup, help="untimed rounds before the timed ones")
+    p.add_argument("--cache", default=Config.cache, help="cell cache (JSON) read and written as cells finish")
+    p.add_argument("--out", default=Config.out, help="the results markdown file")
+    p.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
     p.add_argument("--threads", type=int, default=Config.threads, help="torch threads")
     p.add_argument("--no-quality", action="store_true", help="skip the top-1 / PSNR cells")
     p.add_argument("--fresh", action="store_true", help="ignore the cache and remeasure every cell")
@@ -321,8 +319,10 @@ def _parse(argv: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
         data = json.loads(a.config)
         cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
     else:
-        cfg = Config(models=tuple(a.models), rows=tuple(a.rows), repeats=a.repeats, threads=a.threads,
-                     quality=not a.no_quality)
+        if a.repeats < 1 or a.warmup < 0:
+            p.error(f"--repeats must be >= 1 and --warmup >= 0, got {a.repeats} and {a.warmup}")
+        cfg = Config(models=tuple(a.models), rows=tuple(a.rows), repeats=a.repeats, warmup=a.warmup,
+                     threads=a.threads, quality=not a.no_quality, cache=a.cache, out=a.out, readme=not a.no_readme)
     return cfg, a
 
 

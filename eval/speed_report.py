@@ -60,11 +60,19 @@ def table(cache: dict[str, Any], model: str, rows: tuple[str, ...] | list[str]) 
             continue
         lines.append(
             f"| {name} | {row.library} | {row.scheme} | {_num(cell['ms'], '{:.1f}')} | "
-            f"{_num(cell['ms'] / cell['batch'], '{:.2f}')} | {_num(cell['speedup'], '{:.2f}x')} | "
+            f"{_num(cell['ms'] / cell['batch'], '{:.2f}')} | {_speedup(cell)} | "
             f"{_num(cell.get('peak_rss_mb'), '{:.0f}')} | {_num(cell.get('checkpoint_mb'), '{:.2f}')} | "
             f"{_quality(cell)} | {_num(cell.get('compile_s'), '{:.0f}')} | {labels[cell.get('cpu', UNRECORDED)]} |"
         )
     return lines
+
+
+def _speedup(cell: dict[str, Any]) -> str:
+    """The median speed-up, with its spread over the interleaved rounds where the cell recorded it."""
+    text = _num(cell["speedup"], "{:.2f}x")
+    if "speedup_min" in cell:
+        text += f" ({cell['speedup_min']:.2f}-{cell['speedup_max']:.2f})"
+    return text
 
 
 def _score(cell: dict[str, Any] | None) -> float | None:
@@ -112,8 +120,10 @@ def render(cache: dict[str, Any], cfg: Any, machine: str) -> str:
     out = [
         "# Real quantized execution: speed, memory, size, quality",
         "",
-        f"Command: `python -m eval.bench_speed` (seed {cfg.seed}, {cfg.threads} torch threads, {cfg.repeats} "
-        "interleaved repeats per cell, medians). Each cell runs in its own process and times its row against an "
+        f"Command: `python -m eval.bench_speed` (seed {cfg.seed}, {cfg.threads} torch threads, "
+        f"{getattr(cfg, 'warmup', 0)} untimed warm-up rounds then {cfg.repeats} interleaved rounds per cell; times "
+        "are medians, the speed-up is the median of the per-round ratios with their min-max in brackets where the "
+        "cell recorded it). Each cell runs in its own process and times its row against an "
         "fp32 copy of the same model called alternately, so the speed-up column compares like with like under the "
         "same background load.",
         "",

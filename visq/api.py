@@ -66,7 +66,7 @@ def quantize(
         raise ValueError("this model is already quantized; load a fresh float model to quantize again")
     algo = methods.get(recipe.method, **recipe.method_kwargs)
     check_family(algo, host.family, type(model).__name__)
-    options = dict(calib_options or {})
+    options = check_options(calib_options)
     calib_set = algo.collect(obj, calib, options) or host.collect(obj, calib, options)
     undo_prepare = algo.prepare(model) or (lambda: None)
     undo_sites = lambda: None  # noqa: E731
@@ -111,8 +111,17 @@ def _quantized_layers(obj: Any) -> list[nn.Module]:
     return [m for m in model.modules() if type(m) in QUANT_LAYERS.values()]
 
 
+def check_options(calib_options: Any) -> dict[str, Any]:
+    """``calib_options`` as a dict (None: empty); anything else raises."""
+    if calib_options is not None and not isinstance(calib_options, dict):
+        raise TypeError(f"calib_options must be a dict such as {{'num_inference_steps': 10}}, got "
+                        f"{type(calib_options).__name__}")
+    return dict(calib_options or {})
+
+
 def freeze(obj: T) -> T:
     """Cache fake-quantized weights so inference does not re-quantize them at every call."""
+    quant_state(obj)  # raises on a model that was never quantized: there would be nothing to freeze
     for layer in _quantized_layers(obj):
         layer.freeze()
     return obj

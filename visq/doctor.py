@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from visq import hosts, methods, recipes
-from visq.api import _eval_mode, quantize
+from visq.api import _eval_mode, check_options, quantize
 from visq.calibrate import CalibSet
 from visq.guard import check_int
 from visq.hosts.base import Host
@@ -237,7 +237,7 @@ def doctor(
     unknown = set(roles) - {"weight", "activation"}
     if unknown or not roles or isinstance(roles, str):
         raise ValueError(f"roles must be a non-empty subset of ('weight', 'activation'), got {roles!r}")
-    options = dict(calib_options or {})
+    options = check_options(calib_options)
     _source(over, obj, host, calib, None, options)  # fail before the calibration runs
     calib_set = methods.get(recipe.method, **recipe.method_kwargs).collect(obj, calib, options)
     calib_set = calib_set or host.collect(obj, calib, options)

@@ -38,6 +38,14 @@ class Rule:
     spec: QuantSpec | None
     optional: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise TypeError(f"Rule pattern must be a glob string over site names such as '*.weight_quantizer', got "
+                            f"{self.pattern!r}")
+        if self.spec is not None and not isinstance(self.spec, QuantSpec):
+            raise TypeError(f"Rule spec must be a quantizer spec (e.g. visq.Uniform(bits=8)) or None to keep the site "
+                            f"float, got {type(self.spec).__name__} {self.spec!r}")
+
     def matches(self, site: str) -> bool:
         return fnmatch.fnmatchcase(site, self.pattern)
 
@@ -60,6 +68,16 @@ class Recipe:
     method: str = "minmax"
     method_kwargs: dict[str, Any] = field(default_factory=dict)
     keep_host_defaults: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rules, (tuple, list)) or not all(isinstance(r, Rule) for r in self.rules):
+            raise TypeError("Recipe rules must be a tuple of visq.Rule(pattern, spec); for a recipe string such as "
+                            "'w8a8' pass the string itself, or visq.recipes.parse('w8a8')")
+        object.__setattr__(self, "rules", tuple(self.rules))
+        if not isinstance(self.method, str):
+            raise TypeError(f"Recipe method must be a method name (str), got {self.method!r}")
+        if not isinstance(self.method_kwargs, dict):
+            raise TypeError(f"Recipe method_kwargs must be a dict, got {type(self.method_kwargs).__name__}")
 
     def spec_for(self, site: str) -> tuple[int, QuantSpec | None] | None:
         """(rule index, spec) of the first rule matching ``site``, or None when no rule matches."""

@@ -29,5 +29,9 @@ def as_timestep(t: float | int | Tensor) -> float:
 def set_timestep(model: nn.Module, t: float | int | Tensor) -> None:
     """Select the state calibrated for timestep ``t`` in every temporal quantizer of ``model`` (custom loops)."""
     value = as_timestep(t)
-    for q in temporal_quantizers(model):
+    quantizers = temporal_quantizers(model)
+    if not quantizers:  # a silent no-op would hide a wrong model or a non-temporal recipe
+        raise ValueError(f"{type(model).__name__} has no per-timestep quantizers: set_timestep only applies to "
+                         "models quantized with a temporal method (e.g. method='temporal') on a diffusion pipeline")
+    for q in quantizers:
         q.set_timestep(value)

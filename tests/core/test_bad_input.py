@@ -265,3 +265,29 @@ def test_the_zoo_trainers_checkpoints_are_read_without_code_either(tmp_path):
     with pytest.raises(ValueError, match="not unpickled"):
         ckpt.load()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda m, x: visq.quantize(m, "w8a8", calib=x, calib_options=[1]), TypeError, "calib_options must be a dict"),
+    (lambda m, x: visq.quantize(m, Recipe(("w8a8",)), calib=x), TypeError, "Recipe rules must be a tuple of visq"),
+    (lambda m, x: Rule(3, Uniform()), TypeError, "Rule pattern must be a glob string"),
+    (lambda m, x: Rule("*", "int8"), TypeError, "Rule spec must be a quantizer spec"),
+    (lambda m, x: Uniform(range="percentile", percentiles=(2.0,)), ValueError, r"percentiles must be .* \(0\.5, 1\]"),
+    (lambda m, x: visq.freeze(m), ValueError, "not quantized"),
+    (lambda m, x: visq.set_timestep(m, 5), ValueError, "has no per-timestep quantizers"),
+])
+def test_more_bad_calls_raise_before_the_model_changes(vit, images, call, error, match):
+    before = snapshot(vit)
+    with pytest.raises(error, match=match):
+        call(vit, images[:4])
+    assert_unchanged(vit, before)
+
+
+def test_a_pipeline_whose_guidance_default_is_none_has_no_cfg_batch():
+    from visq.hosts.diffusers import _guidance
+
+    class _Pipe:  # Qwen-Image's signature: guidance_scale=None, true_cfg_scale for separate passes
+        def __call__(self, prompt=None, guidance_scale=None, true_cfg_scale=4.0):
+            pass
+
+    assert _guidance(_Pipe(), {}) == 1.0 and _guidance(_Pipe(), {"guidance_scale": 3.5}) == 3.5

@@ -95,3 +95,21 @@ def test_cast_unet_runs_a_bf16_module_on_fp32_inputs():
     assert out.dtype == torch.float32
     with pytest.raises(RuntimeError):  # hooks gone after the block
         net(torch.randn(2, 4))
+
+
+def test_interleaved_timing_drops_warmup_and_pairs_rounds():
+    from eval.timing import interleaved, paired_ratio
+
+    calls = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 5 and [len(t) for t in times.values()] == [3, 3]
+    assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == {"median": 3.0, "min": 2.0, "max": 4.0}
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        interleaved({"a": lambda: None}, repeats=0)
+
+
+def test_a_recorded_spread_is_shown_next_to_the_speedup():
+    from eval.speed_report import _speedup
+
+    assert _speedup({"speedup": 2.0}) == "2.00x"
+    assert _speedup({"speedup": 2.0, "speedup_min": 1.9, "speedup_max": 2.25}) == "2.00x (1.90-2.25)"

@@ -186,7 +186,10 @@ class DiffusersHost(Host):
 def _guidance(pipe: DiffusionPipeline, call_kwargs: dict[str, Any]) -> float:
     param = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
     default = param.default if param is not None else 1.0
-    return float(call_kwargs.get("guidance_scale", default))
+    value = call_kwargs.get("guidance_scale", default)
+    # None (e.g. Qwen-Image's default: guidance distilled into the model, or true_cfg_scale instead) means the
+    # pipeline batches no unconditional half
+    return 1.0 if value is None or value is inspect.Parameter.empty else float(value)
 
 
 def _pipeline_inputs(pipe: DiffusionPipeline, calib: Any) -> tuple[str, list[Any]]:

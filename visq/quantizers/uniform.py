@@ -76,6 +76,9 @@ class Uniform(QuantSpec):
             raise ValueError("symmetric grids need bits >= 2 (1 bit leaves no positive level); use bits >= 2 or "
                              "symmetric=False")
         check_int("group_size", self.group_size, 0)
+        if not self.percentiles or not all(0.5 < p <= 1 for p in self.percentiles):
+            raise ValueError(f"percentiles must be upper-tail fractions in (0.5, 1], e.g. (0.999, 0.9999), got "
+                             f"{self.percentiles!r}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if self.range not in RANGES:
