@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from torch import nn
@@ -30,7 +30,6 @@ class QuantState:
     plan: sites.Plan
     host: str
     timesteps: tuple[float, ...] = ()
-    undo: Callable[[], None] | None = field(default=None, repr=False, compare=False)  # restores the float modules
 
 
 def quantize(
@@ -59,6 +58,17 @@ def quantize(
     Raises:
         ValueError / TypeError: bad recipe, method, model or calibration data. The model is left unchanged.
     """
+    quantize_undoable(obj, recipe, method=method, calib=calib, calib_options=calib_options, progress=progress,
+                      **method_kwargs)
+    return obj
+
+
+def quantize_undoable(obj: Any, recipe: str | Recipe = "w8a8", *, method: str | None = None, calib: Any = None,
+                      calib_options: dict[str, Any] | None = None, progress: bool = True,
+                      **method_kwargs: Any) -> Callable[[], None]:
+    """``quantize``, returning a function that puts the float modules back (for training verbs that must leave the
+    caller's model as it was when they fail). The function holds the float modules: drop it once not needed (an
+    exported model would otherwise keep its float weights alive)."""
     recipe = recipes.resolve(recipe, method, **method_kwargs)
     host = hosts.detect(obj)
     model = host.target(obj)
@@ -87,12 +97,16 @@ def quantize(
             host.activate(obj, model)
             raise
 
+    model.visq_state = QuantState(recipe, plan, host.name, calib_set.timesteps)
+    logger.info("quantized %d sites of %s with %s", len(plan.quantized), type(model).__name__, recipe.name)
+
     def undo() -> None:
         undo_sites()
         undo_prepare()
-    model.visq_state = QuantState(recipe, plan, host.name, calib_set.timesteps, undo)
-    logger.info("quantized %d sites of %s with %s", len(plan.quantized), type(model).__name__, recipe.name)
-    return obj
+        host.activate(obj, model)
+        del model.visq_state
+
+    return undo
 
 
 @contextmanager

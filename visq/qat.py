@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visq import hosts, recipes
-from visq.api import quantize
+from visq.api import quantize_undoable
 from visq.guard import check_float, check_int
 from visq.oscillation import CGA, OscillationTracker, write_plot
 from visq.train import StepOutput, TrainSettings, TrainTask, fit, read_metrics
@@ -292,12 +292,14 @@ def train(
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     float_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    quantize(model, recipe, calib=calib if calib is not None else calibration_batch(data, cfg), progress=progress)
+    undo = quantize_undoable(model, recipe, calib=calib if calib is not None else calibration_batch(data, cfg),
+                             progress=progress)
     try:
         return _train_quantized(model, teacher, data, cfg, out, cga, boundary_range, evaluate, progress, accelerator,
                                 {"calibration_s": time.perf_counter() - start})
-    except BaseException:  # a retry must find the caller's float model, not "already quantized"
-        _unquantize(model, float_state)
+    except BaseException:  # a retry must find the caller's float model (weights included), not "already quantized"
+        undo()
+        model.load_state_dict(float_state)
         raise
 
 
@@ -320,16 +322,6 @@ def _check_inputs(model: Any, teacher: Any, data: Any) -> None:
             raise ValueError("data holds NaN or inf values; clean the inputs first")
     elif not callable(data):
         raise TypeError(f"data must be a tensor of inputs or fn(generator) -> batch, got {type(data).__name__}")
-
-
-def _unquantize(model: nn.Module, float_state: dict[str, Tensor]) -> None:
-    """Undo ``quantize`` and training: the float modules back in place, with the weights they had."""
-    target = hosts.detect(model).target(model)
-    state = getattr(target, "visq_state", None)
-    if state is not None and state.undo is not None:
-        state.undo()
-        del target.visq_state
-    model.load_state_dict(float_state)
 
 
 def _train_quantized(model: nn.Module, teacher: nn.Module, data: Data, cfg: QATConfig, out: Path | None, cga: bool,
