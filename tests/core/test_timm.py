@@ -3,7 +3,6 @@ import timm
 import torch
 
 import visq
-from visq import Rule
 from visq.hosts.timm import QuantAttention, QuantWindowAttention
 from visq.testing import tiny_vit
 
@@ -84,18 +83,55 @@ def test_attention_without_an_adapter_is_an_error_or_a_named_float_layer():
     assert "attention class ClassAttn has no visq adapter" in text
 
 
+class _DirectWeight(torch.nn.Module):
+    """Uses its layer's weight directly, as timm's EVA / HunyuanDiT's pooler do: the quantized layer never runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Module()
+        self.inner.fc = torch.nn.Linear(8, 8)
+        self.out = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(torch.nn.functional.linear(x, self.inner.fc.weight, self.inner.fc.bias))
+
+
 def test_a_layer_whose_weight_is_used_directly_is_named_when_calibration_misses_it():
-    from dataclasses import replace
+    model = _DirectWeight()
+    before = [type(m) for m in model.modules()]
+    with pytest.raises(RuntimeError, match=r"1 quantizer sites saw no calibration data: inner\.fc\.input_quantizer "
+                                           r".*inside inner \(Module\).*F\.linear"):
+        visq.quantize(model, "w8a8", calib=torch.randn(4, 8), progress=False)
+    assert [type(m) for m in model.modules()] == before
 
-    from visq.recipes import parse
 
-    beit = _tiny("beit_base_patch16_224", patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    before = [type(m) for m in beit.modules()]
-    recipe = parse("w8a8")
-    attention_float = tuple(Rule(p, None, optional=True) for p in
-                            ("*.q_quantizer", "*.k_quantizer", "*.v_quantizer", "*.probs_quantizer"))
-    with pytest.raises(RuntimeError, match=r"1 quantizer sites saw no calibration data: blocks\.0\.attn\.qkv\."
-                                           r"input_quantizer .*inside blocks\.0\.attn \(Attention\).*F\.linear"):
-        visq.quantize(beit, replace(recipe, rules=attention_float + recipe.rules), calib=torch.randn(2, 3, 32, 32),
-                      progress=False)
-    assert [type(m) for m in beit.modules()] == before
+def _beit():
+    model = _tiny("beit_base_patch16_224", patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    with torch.no_grad():  # non-zero q / v biases and relative position tables, so the checks can see them
+        for block in model.blocks:
+            for p in (block.attn.q_bias, block.attn.v_bias, block.attn.relative_position_bias_table):
+                p.normal_(0, 0.5)
+    return model
+
+
+def test_beit_attention_without_quantizers_is_timms():
+    from visq.hosts.timm import QuantBeitAttention
+    from visq.modules import rebind
+
+    attn = _beit().blocks[0].attn
+    x = torch.randn(2, 17, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, out = attn(x), rebind(QuantBeitAttention, attn)(x)
+    snr = 10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean())
+    assert snr > 100, snr  # measured 145 dB: (q k^T) * scale instead of (q * scale) k^T
+
+
+def test_beit_quantizes_its_attention_and_round_trips(tmp_path):
+    model, x = _beit(), torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    visq.quantize(model, "w8a8", calib=x, progress=False)
+    text = visq.summary(model)
+    assert "blocks.1.attn.probs_quantizer" in text and "blocks.0.attn.qkv.input_quantizer" in text
+    visq.save(model, tmp_path)
+    fresh = visq.load(_beit(), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))

@@ -1,4 +1,4 @@
-"""timm host: ViT / DeiT (incl. distilled) / Swin. Attention gets explicit q, k, v, probs quantizer slots.
+"""timm host: ViT / DeiT (incl. distilled) / Swin / BEiT. Attention gets explicit q, k, v, probs quantizer slots.
 
 ``QuantAttention`` and ``QuantWindowAttention`` subclass timm's classes and spell the attention out (timm's fused
 SDPA path never materialises the probabilities, so it would bypass the slots: research/vit_methods.md 0).
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from timm.layers import Attention
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
+from timm.models.beit import Attention as BeitAttention
 from timm.models.swin_transformer import WindowAttention
 from torch import Tensor, nn
 
@@ -72,6 +74,27 @@ class QuantWindowAttention(WindowAttention):
         return self.proj_drop(self.proj(x))
 
 
+class QuantBeitAttention(BeitAttention):
+    """BEiT ``Attention`` with quantizer slots. timm's forward passes ``self.qkv.weight`` to ``F.linear`` with the
+    concatenated q / v biases, which would bypass the quantized ``qkv`` layer; here ``qkv`` runs as a layer (input and
+    weight quantized) and the bias is added after it, as timm's ``qkv_bias_separate`` path does."""
+
+    def forward(self, x: Tensor, shared_rel_pos_bias: Tensor | None = None) -> Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x)
+        if self.q_bias is not None:
+            qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+        def bias(attn: Tensor) -> Tensor:
+            if self.relative_position_bias_table is not None:
+                attn = attn + self._get_rel_pos_bias()
+            return attn + shared_rel_pos_bias if shared_rel_pos_bias is not None else attn
+
+        x = quantized_attention(self, q, k, v, bias).transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
 class _TimmAdapter(AttentionAdapter):
     def __init__(self, float_cls: type[nn.Module], quant_cls: type[nn.Module]) -> None:
         self.float_cls, self.quant_cls = float_cls, quant_cls
@@ -94,7 +117,8 @@ class _TimmAdapter(AttentionAdapter):
         return lambda: model.set_submodule(path, old)
 
 
-ADAPTERS.extend([_TimmAdapter(Attention, QuantAttention), _TimmAdapter(WindowAttention, QuantWindowAttention)])
+ADAPTERS.extend([_TimmAdapter(Attention, QuantAttention), _TimmAdapter(WindowAttention, QuantWindowAttention),
+                 _TimmAdapter(BeitAttention, QuantBeitAttention)])
 
 
 class TimmHost(Host):
