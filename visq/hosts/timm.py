@@ -1,18 +1,23 @@
-"""timm host: ViT / DeiT (incl. distilled) / Swin / BEiT. Attention gets explicit q, k, v, probs quantizer slots.
+"""timm host: ViT / DeiT (incl. distilled) / Swin / SwinV2 / BEiT / EVA. Attention gets explicit q, k, v, probs
+quantizer slots.
 
-``QuantAttention`` and ``QuantWindowAttention`` subclass timm's classes and spell the attention out (timm's fused
-SDPA path never materialises the probabilities, so it would bypass the slots: research/vit_methods.md 0).
+The ``Quant*Attention`` classes subclass timm's and spell the attention out (timm's fused SDPA path never
+materialises the probabilities, so it would bypass the slots: research/vit_methods.md 0).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
-from timm.layers import Attention
+import torch.nn.functional as F
+from timm.layers import Attention, apply_rot_embed_cat
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.beit import Attention as BeitAttention
+from timm.models.eva import EvaAttention
 from timm.models.swin_transformer import WindowAttention
+from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
 from torch import Tensor, nn
 
 from visq.hosts.base import Host
@@ -27,11 +32,13 @@ def _slot(module: nn.Module, name: str, x: Tensor) -> Tensor:
 
 
 def quantized_attention(
-    module: nn.Module, q: Tensor, k: Tensor, v: Tensor, bias: Callable[[Tensor], Tensor]
+    module: nn.Module, q: Tensor, k: Tensor, v: Tensor, bias: Callable[[Tensor], Tensor],
+    scale: Tensor | float | None = None,
 ) -> Tensor:
-    """softmax(Q(q) Q(k)^T * scale + bias) quantized, times Q(v); q, k, v are (B, heads, N, head_dim)."""
+    """softmax(Q(q) Q(k)^T * scale + bias) quantized, times Q(v); q, k, v are (B, heads, N, head_dim); ``scale``
+    defaults to ``module.scale``."""
     q, k = _slot(module, "q_quantizer", q), _slot(module, "k_quantizer", k)
-    attn = bias((q @ k.transpose(-2, -1)) * module.scale)
+    attn = bias((q @ k.transpose(-2, -1)) * (module.scale if scale is None else scale))
     probs = _slot(module, "probs_quantizer", attn.softmax(dim=-1))
     return module.attn_drop(probs) @ _slot(module, "v_quantizer", v)
 
@@ -74,17 +81,27 @@ class QuantWindowAttention(WindowAttention):
         return self.proj_drop(self.proj(x))
 
 
+def _qkv(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v (B, heads, N, head_dim) of BEiT / SwinV2 / EVA attention. timm passes ``self.qkv.weight`` to
+    ``F.linear`` with the concatenated q / v biases, which would bypass the quantized ``qkv`` layer; here ``qkv``
+    runs as a layer (input and weight quantized) and the bias is added after it, as timm's ``qkv_bias_separate``
+    path does. EVA without a fused ``qkv`` runs its three projections."""
+    B, N, _ = x.shape
+    if getattr(module, "qkv", None) is None:
+        return tuple(proj(x).reshape(B, N, module.num_heads, -1).transpose(1, 2)
+                     for proj in (module.q_proj, module.k_proj, module.v_proj))
+    qkv = module.qkv(x)
+    if module.q_bias is not None:
+        qkv = qkv + torch.cat((module.q_bias, module.k_bias, module.v_bias))
+    return qkv.reshape(B, N, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 class QuantBeitAttention(BeitAttention):
-    """BEiT ``Attention`` with quantizer slots. timm's forward passes ``self.qkv.weight`` to ``F.linear`` with the
-    concatenated q / v biases, which would bypass the quantized ``qkv`` layer; here ``qkv`` runs as a layer (input and
-    weight quantized) and the bias is added after it, as timm's ``qkv_bias_separate`` path does."""
+    """BEiT ``Attention`` with quantizer slots (``_qkv`` says how its q / v biases are applied)."""
 
     def forward(self, x: Tensor, shared_rel_pos_bias: Tensor | None = None) -> Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x)
-        if self.q_bias is not None:
-            qkv = qkv + torch.cat((self.q_bias, self.k_bias, self.v_bias))
-        q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = _qkv(self, x)
 
         def bias(attn: Tensor) -> Tensor:
             if self.relative_position_bias_table is not None:
@@ -92,6 +109,53 @@ class QuantBeitAttention(BeitAttention):
             return attn + shared_rel_pos_bias if shared_rel_pos_bias is not None else attn
 
         x = quantized_attention(self, q, k, v, bias).transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class QuantWindowAttentionV2(WindowAttentionV2):
+    """SwinV2 ``WindowAttention`` with quantizer slots: cosine attention, so the q / k slots quantize the normalised
+    q and k that enter the product; log-spaced continuous position bias and shift mask as in timm."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        B_, N, C = x.shape
+        q, k, v = _qkv(self, x)
+        logit_scale = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
+
+        def bias(attn: Tensor) -> Tensor:
+            table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+            area = self.window_size[0] * self.window_size[1]
+            rel = table[self.relative_position_index.view(-1)].view(area, area, -1).permute(2, 0, 1).contiguous()
+            attn = attn + 16 * torch.sigmoid(rel).unsqueeze(0)
+            if mask is None:
+                return attn
+            num_win = mask.shape[0]
+            attn = attn.view(-1, num_win, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            return attn.view(-1, self.num_heads, N, N)
+
+        x = quantized_attention(self, F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, bias, scale=logit_scale)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, C)))
+
+
+class QuantEvaAttention(EvaAttention):
+    """EVA ``EvaAttention`` with quantizer slots: q / k norms and rotary embeddings come before the q / k slots."""
+
+    def forward(self, x: Tensor, rope: Tensor | None = None, attn_mask: Tensor | None = None,
+                is_causal: bool = False) -> Tensor:
+        B, N, C = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        q, k, v = _qkv(self, x)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            npt, half = self.num_prefix_tokens, getattr(self, "rotate_half", False)
+            q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2).type_as(v)
+            k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2).type_as(v)
+
+        def bias(attn: Tensor) -> Tensor:
+            return maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal=is_causal))
+
+        x = self.norm(quantized_attention(self, q, k, v, bias).transpose(1, 2).reshape(B, N, C))
+        if gate is not None:
+            x = x * gate
         return self.proj_drop(self.proj(x))
 
 
@@ -103,7 +167,7 @@ class _TimmAdapter(AttentionAdapter):
         return type(module) is self.float_cls
 
     def shapes(self, module: nn.Module) -> dict[str, SiteShape]:
-        head_dim = module.qkv.out_features // 3 // module.num_heads
+        head_dim = module.proj.in_features // module.num_heads
         shapes = {s: SiteShape("activation", head_dim, -1) for s in ATTENTION_SLOTS}
         shapes["probs_quantizer"] = SiteShape("activation", 1, -1)  # key count varies: per-tensor only
         return shapes
@@ -118,7 +182,8 @@ class _TimmAdapter(AttentionAdapter):
 
 
 ADAPTERS.extend([_TimmAdapter(Attention, QuantAttention), _TimmAdapter(WindowAttention, QuantWindowAttention),
-                 _TimmAdapter(BeitAttention, QuantBeitAttention)])
+                 _TimmAdapter(BeitAttention, QuantBeitAttention), _TimmAdapter(EvaAttention, QuantEvaAttention),
+                 _TimmAdapter(WindowAttentionV2, QuantWindowAttentionV2)])
 
 
 class TimmHost(Host):
