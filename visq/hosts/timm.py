@@ -1,5 +1,5 @@
-"""timm host: ViT / DeiT (incl. distilled) / Swin / SwinV2 / BEiT / EVA. Attention gets explicit q, k, v, probs
-quantizer slots.
+"""timm host: ViT / DeiT (incl. distilled) / Swin / SwinV2 / BEiT / EVA / CaiT / XCiT. Attention gets explicit q, k,
+v, probs quantizer slots.
 
 The ``Quant*Attention`` classes subclass timm's and spell the attention out (timm's fused SDPA path never
 materialises the probabilities, so it would bypass the slots: research/vit_methods.md 0).
@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from timm.layers import Attention, apply_rot_embed_cat
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.beit import Attention as BeitAttention
+from timm.models.cait import ClassAttn, TalkingHeadAttn
 from timm.models.eva import EvaAttention
 from timm.models.swin_transformer import WindowAttention
 from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
+from timm.models.xcit import XCA
 from torch import Tensor, nn
 
 from visq.hosts.base import Host
@@ -159,6 +161,54 @@ class QuantEvaAttention(EvaAttention):
         return self.proj_drop(self.proj(x))
 
 
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """(B, N, C) -> (B, heads, N, C / heads)."""
+    B, N, C = x.shape
+    return x.reshape(B, N, heads, C // heads).transpose(1, 2)
+
+
+def _no_bias(attn: Tensor) -> Tensor:
+    return attn
+
+
+class QuantClassAttn(ClassAttn):
+    """CaiT ``ClassAttn`` with quantizer slots: the class token's query against every token."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        q = _heads(self.q(x[:, :1]), self.num_heads)
+        k, v = _heads(self.k(x), self.num_heads), _heads(self.v(x), self.num_heads)
+        out = quantized_attention(self, q, k, v, _no_bias).transpose(1, 2).reshape(B, 1, C)
+        return self.proj_drop(self.proj(out))
+
+
+class QuantTalkingHeadAttn(TalkingHeadAttn):
+    """CaiT ``TalkingHeadAttn`` with quantizer slots. Heads are mixed before and after the softmax, so the probability
+    slot quantizes the mixed weights that multiply v (what the product sees)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = _slot(self, "q_quantizer", q * self.scale), _slot(self, "k_quantizer", k)
+        attn = self.proj_l((q @ k.transpose(-2, -1)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2).softmax(dim=-1)
+        attn = self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        probs = _slot(self, "probs_quantizer", attn)
+        out = (self.attn_drop(probs) @ _slot(self, "v_quantizer", v)).transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))
+
+
+class QuantXCA(XCA):
+    """XCiT ``XCA`` (cross-covariance attention over channels) with quantizer slots on the l2-normalised q / k (per
+    channel over tokens), the channel-attention probabilities and v; ``temperature`` scales the logits."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 4, 1).unbind(0)
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        out = quantized_attention(self, q, k, v, _no_bias, scale=self.temperature)
+        return self.proj_drop(self.proj(out.permute(0, 3, 1, 2).reshape(B, N, C)))
+
+
 class _TimmAdapter(AttentionAdapter):
     def __init__(self, float_cls: type[nn.Module], quant_cls: type[nn.Module]) -> None:
         self.float_cls, self.quant_cls = float_cls, quant_cls
@@ -183,7 +233,8 @@ class _TimmAdapter(AttentionAdapter):
 
 ADAPTERS.extend([_TimmAdapter(Attention, QuantAttention), _TimmAdapter(WindowAttention, QuantWindowAttention),
                  _TimmAdapter(BeitAttention, QuantBeitAttention), _TimmAdapter(EvaAttention, QuantEvaAttention),
-                 _TimmAdapter(WindowAttentionV2, QuantWindowAttentionV2)])
+                 _TimmAdapter(WindowAttentionV2, QuantWindowAttentionV2), _TimmAdapter(ClassAttn, QuantClassAttn),
+                 _TimmAdapter(TalkingHeadAttn, QuantTalkingHeadAttn), _TimmAdapter(XCA, QuantXCA)])
 
 
 class TimmHost(Host):
