@@ -1,5 +1,5 @@
-"""timm host: ViT / DeiT (incl. distilled) / Swin / SwinV2 / BEiT / EVA / CaiT / XCiT. Attention gets explicit q, k,
-v, probs quantizer slots.
+"""timm host: ViT / DeiT (incl. distilled) / Swin / SwinV2 / BEiT / EVA / CaiT / XCiT / EfficientFormer. Attention
+gets explicit q, k, v, probs quantizer slots.
 
 The ``Quant*Attention`` classes subclass timm's and spell the attention out (timm's fused SDPA path never
 materialises the probabilities, so it would bypass the slots: research/vit_methods.md 0).
@@ -16,6 +16,7 @@ from timm.layers import Attention, apply_rot_embed_cat
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.beit import Attention as BeitAttention
 from timm.models.cait import ClassAttn, TalkingHeadAttn
+from timm.models.efficientformer import Attention as EfficientFormerAttention
 from timm.models.eva import EvaAttention
 from timm.models.swin_transformer import WindowAttention
 from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
@@ -42,7 +43,8 @@ def quantized_attention(
     q, k = _slot(module, "q_quantizer", q), _slot(module, "k_quantizer", k)
     attn = bias((q @ k.transpose(-2, -1)) * (module.scale if scale is None else scale))
     probs = _slot(module, "probs_quantizer", attn.softmax(dim=-1))
-    return module.attn_drop(probs) @ _slot(module, "v_quantizer", v)
+    drop = getattr(module, "attn_drop", None)  # EfficientFormer's attention has no dropout
+    return (drop(probs) if drop is not None else probs) @ _slot(module, "v_quantizer", v)
 
 
 class QuantAttention(Attention):
@@ -209,6 +211,17 @@ class QuantXCA(XCA):
         return self.proj_drop(self.proj(out.permute(0, 3, 1, 2).reshape(B, N, C)))
 
 
+class QuantEfficientFormerAttention(EfficientFormerAttention):
+    """EfficientFormer ``Attention`` with quantizer slots (key and value widths differ; learned attention biases)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        out = quantized_attention(self, q, k, v, lambda attn: attn + self.get_attention_biases(x.device))
+        return self.proj(out.transpose(1, 2).reshape(B, N, self.val_attn_dim))
+
+
 class _TimmAdapter(AttentionAdapter):
     def __init__(self, float_cls: type[nn.Module], quant_cls: type[nn.Module]) -> None:
         self.float_cls, self.quant_cls = float_cls, quant_cls
@@ -219,6 +232,9 @@ class _TimmAdapter(AttentionAdapter):
     def shapes(self, module: nn.Module) -> dict[str, SiteShape]:
         head_dim = module.proj.in_features // module.num_heads
         shapes = {s: SiteShape("activation", head_dim, -1) for s in ATTENTION_SLOTS}
+        key_dim = getattr(module, "key_dim", None)  # EfficientFormer: q / k narrower than v
+        if isinstance(key_dim, int):
+            shapes["q_quantizer"] = shapes["k_quantizer"] = SiteShape("activation", key_dim, -1)
         shapes["probs_quantizer"] = SiteShape("activation", 1, -1)  # key count varies: per-tensor only
         return shapes
 
@@ -234,7 +250,8 @@ class _TimmAdapter(AttentionAdapter):
 ADAPTERS.extend([_TimmAdapter(Attention, QuantAttention), _TimmAdapter(WindowAttention, QuantWindowAttention),
                  _TimmAdapter(BeitAttention, QuantBeitAttention), _TimmAdapter(EvaAttention, QuantEvaAttention),
                  _TimmAdapter(WindowAttentionV2, QuantWindowAttentionV2), _TimmAdapter(ClassAttn, QuantClassAttn),
-                 _TimmAdapter(TalkingHeadAttn, QuantTalkingHeadAttn), _TimmAdapter(XCA, QuantXCA)])
+                 _TimmAdapter(TalkingHeadAttn, QuantTalkingHeadAttn), _TimmAdapter(XCA, QuantXCA),
+                 _TimmAdapter(EfficientFormerAttention, QuantEfficientFormerAttention)])
 
 
 class TimmHost(Host):
