@@ -1,5 +1,5 @@
-"""timm host: ViT / DeiT (incl. distilled) / Swin / SwinV2 / BEiT / EVA / CaiT / XCiT / EfficientFormer. Attention
-gets explicit q, k, v, probs quantizer slots.
+"""timm host: ViT / DeiT (incl. distilled) / Swin / SwinV2 / BEiT / EVA / CaiT / XCiT / EfficientFormer / LeViT.
+Attention gets explicit q, k, v, probs quantizer slots.
 
 The ``Quant*Attention`` classes subclass timm's and spell the attention out (timm's fused SDPA path never
 materialises the probabilities, so it would bypass the slots: research/vit_methods.md 0).
@@ -18,6 +18,8 @@ from timm.models.beit import Attention as BeitAttention
 from timm.models.cait import ClassAttn, TalkingHeadAttn
 from timm.models.efficientformer import Attention as EfficientFormerAttention
 from timm.models.eva import EvaAttention
+from timm.models.levit import Attention as LevitAttention
+from timm.models.levit import AttentionDownsample as LevitAttentionDownsample
 from timm.models.swin_transformer import WindowAttention
 from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
 from timm.models.xcit import XCA
@@ -222,6 +224,45 @@ class QuantEfficientFormerAttention(EfficientFormerAttention):
         return self.proj(out.transpose(1, 2).reshape(B, N, self.val_attn_dim))
 
 
+def _levit_attention(module: nn.Module, q: Tensor, k: Tensor, v: Tensor, device: torch.device) -> Tensor:
+    """LeViT's attention on (B, heads, tokens, dim) q / k / v with its learned biases (module doc of the callers)."""
+    return quantized_attention(module, q, k, v, lambda attn: attn + module.get_attention_biases(device))
+
+
+class QuantLevitAttention(LevitAttention):
+    """LeViT ``Attention`` with quantizer slots, in both its linear (B, N, C) and convolution (B, C, H, W) forms."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.use_conv:
+            B, _, H, W = x.shape
+            q, k, v = self.qkv(x).view(B, self.num_heads, -1, H * W).split([self.key_dim, self.key_dim, self.val_dim],
+                                                                           dim=2)
+            out = _levit_attention(self, q.transpose(-2, -1), k.transpose(-2, -1), v.transpose(-2, -1), x.device)
+            return self.proj(out.transpose(-2, -1).reshape(B, -1, H, W))
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, self.num_heads, -1).split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        out = _levit_attention(self, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), x.device)
+        return self.proj(out.transpose(1, 2).reshape(B, N, self.val_attn_dim))
+
+
+class QuantLevitAttentionDownsample(LevitAttentionDownsample):
+    """LeViT ``AttentionDownsample`` (queries from a strided subsample of the tokens) with quantizer slots."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.use_conv:
+            B, _, H, W = x.shape
+            HH, WW = (H - 1) // self.stride + 1, (W - 1) // self.stride + 1
+            k, v = self.kv(x).view(B, self.num_heads, -1, H * W).split([self.key_dim, self.val_dim], dim=2)
+            q = self.q(x).view(B, self.num_heads, self.key_dim, -1)
+            out = _levit_attention(self, q.transpose(-2, -1), k.transpose(-2, -1), v.transpose(-2, -1), x.device)
+            return self.proj(out.transpose(-2, -1).reshape(B, self.val_attn_dim, HH, WW))
+        B, N, _ = x.shape
+        k, v = self.kv(x).view(B, N, self.num_heads, -1).split([self.key_dim, self.val_dim], dim=3)
+        q = self.q(x).view(B, -1, self.num_heads, self.key_dim)
+        out = _levit_attention(self, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), x.device)
+        return self.proj(out.transpose(1, 2).reshape(B, -1, self.val_attn_dim))
+
+
 class _TimmAdapter(AttentionAdapter):
     def __init__(self, float_cls: type[nn.Module], quant_cls: type[nn.Module]) -> None:
         self.float_cls, self.quant_cls = float_cls, quant_cls
@@ -230,7 +271,8 @@ class _TimmAdapter(AttentionAdapter):
         return type(module) is self.float_cls
 
     def shapes(self, module: nn.Module) -> dict[str, SiteShape]:
-        head_dim = module.proj.in_features // module.num_heads
+        value_dim = getattr(module, "val_dim", None)  # EfficientFormer / LeViT name it; proj may be a Sequential
+        head_dim = value_dim if isinstance(value_dim, int) else module.proj.in_features // module.num_heads
         shapes = {s: SiteShape("activation", head_dim, -1) for s in ATTENTION_SLOTS}
         key_dim = getattr(module, "key_dim", None)  # EfficientFormer: q / k narrower than v
         if isinstance(key_dim, int):
@@ -251,7 +293,9 @@ ADAPTERS.extend([_TimmAdapter(Attention, QuantAttention), _TimmAdapter(WindowAtt
                  _TimmAdapter(BeitAttention, QuantBeitAttention), _TimmAdapter(EvaAttention, QuantEvaAttention),
                  _TimmAdapter(WindowAttentionV2, QuantWindowAttentionV2), _TimmAdapter(ClassAttn, QuantClassAttn),
                  _TimmAdapter(TalkingHeadAttn, QuantTalkingHeadAttn), _TimmAdapter(XCA, QuantXCA),
-                 _TimmAdapter(EfficientFormerAttention, QuantEfficientFormerAttention)])
+                 _TimmAdapter(EfficientFormerAttention, QuantEfficientFormerAttention),
+                 _TimmAdapter(LevitAttention, QuantLevitAttention),
+                 _TimmAdapter(LevitAttentionDownsample, QuantLevitAttentionDownsample)])
 
 
 class TimmHost(Host):
