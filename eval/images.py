@@ -33,7 +33,7 @@ from eval.features import network_name
 from eval.io import load_images, save_png
 from eval.manifest import Item, Manifest
 from eval.stats import FeatureStats, frechet_distance
-from visq.guard import check_int
+from visq.guard import check_float, check_int
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ class GenSpec:
 
     def __post_init__(self) -> None:
         check_int("steps (sampling steps per image)", self.steps)
-        if not self.guidance >= 0 or self.guidance == float("inf"):
-            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        check_float("guidance", self.guidance, positive=False)
         for name in ("height", "width"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 8 or value % 8):

@@ -121,7 +121,7 @@ def render(cache: dict[str, Any], cfg: Any, machine: str) -> str:
         "# Real quantized execution: speed, memory, size, quality",
         "",
         f"Command: `python -m eval.bench_speed` (seed {cfg.seed}, {cfg.threads} torch threads, "
-        f"{getattr(cfg, 'warmup', 0)} untimed warm-up rounds then {cfg.repeats} interleaved rounds per cell; times "
+        f"{cfg.warmup} untimed warm-up rounds then {cfg.repeats} interleaved rounds per cell; times "
         "are medians, the speed-up is the median of the per-round ratios with their min-max in brackets where the "
         "cell recorded it). Each cell runs in its own process and times its row against an "
         "fp32 copy of the same model called alternately, so the speed-up column compares like with like under the "

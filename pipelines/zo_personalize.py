@@ -92,9 +92,7 @@ def concept_data(cfg: Config) -> dict[str, Any]:
     """References, their token captions, and the held-out prompts (token and words forms) of ``cfg.concept``."""
     from visq.zoo import shapes
 
-    if cfg.concept not in CONCEPTS:
-        raise ValueError(f"unknown concept {cfg.concept!r}; choose one of {list(CONCEPTS)}")
-    colour, _ = CONCEPTS[cfg.concept]
+    colour, _ = CONCEPTS[cfg.concept]  # Config refuses an unknown concept
     words = f"large {colour} {cfg.concept}"
     refs = shapes.generate_novel(cfg.concept, cfg.n_refs, 0, colour)
     seen = set(zip(refs.background.tolist(), refs.position.tolist()))

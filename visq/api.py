@@ -13,7 +13,7 @@ from torch import nn
 from visq import hosts, methods, recipes, sites
 from visq.calibrate import fit_weights, observing, run
 from visq.deploy.export import summary_lines
-from visq.guard import restored_on_error
+from visq.guard import check_options, restored_on_error
 from visq.methods.base import check_family
 from visq.modules import QUANT_LAYERS
 from visq.recipes import Recipe
@@ -123,14 +123,6 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 def _quantized_layers(obj: Any) -> list[nn.Module]:
     model = hosts.detect(obj).target(obj)
     return [m for m in model.modules() if type(m) in QUANT_LAYERS.values()]
-
-
-def check_options(calib_options: Any) -> dict[str, Any]:
-    """``calib_options`` as a dict (None: empty); anything else raises."""
-    if calib_options is not None and not isinstance(calib_options, dict):
-        raise TypeError(f"calib_options must be a dict such as {{'num_inference_steps': 10}}, got "
-                        f"{type(calib_options).__name__}")
-    return dict(calib_options or {})
 
 
 def freeze(obj: T) -> T:

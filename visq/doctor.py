@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from visq import hosts, methods, recipes
-from visq.api import _eval_mode, check_options, quantize
+from visq.api import _eval_mode, quantize
 from visq.calibrate import CalibSet
-from visq.guard import check_int
+from visq.guard import check_int, check_options
 from visq.hosts.base import Host
 from visq.mixed import BITS, allocate, at_bits, is_weight_site, mean_bits, mixed_recipe, spec_bits
 from visq.quantizers import Quantizer, Uniform

@@ -38,6 +38,14 @@ def check_float(name: str, value: Any, positive: bool = True) -> float:
     return float(value)
 
 
+def check_options(calib_options: Any) -> dict[str, Any]:
+    """``calib_options`` as a (new) dict, None as an empty one; anything else raises ``TypeError``."""
+    if calib_options is not None and not isinstance(calib_options, dict):
+        raise TypeError(f"calib_options must be a dict such as {{'num_inference_steps': 10}}, got "
+                        f"{type(calib_options).__name__}")
+    return dict(calib_options or {})
+
+
 @contextmanager
 def restored_on_error(*modules: nn.Module | None) -> Iterator[None]:
     """On an exception inside the block, restore ``requires_grad``, train / eval mode and forward hooks of every

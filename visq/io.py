@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 
 from visq import hosts, sites
 from visq.api import QuantState, quant_state
@@ -39,8 +39,9 @@ def save(obj: Any, folder: str | Path) -> Path:
     folder = check_folder(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(_unshare(tensors), folder / "model.safetensors", metadata={"format": "pt"})
-    tensor_digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    data = save_bytes(_unshare(tensors), metadata={"format": "pt"})
+    (folder / "model.safetensors").write_bytes(data)
+    tensor_digest = hashlib.sha256(data).hexdigest()
     meta = {
         "format_version": FORMAT_VERSION,
         "model": host.describe(obj),

@@ -107,14 +107,14 @@ class TextualInversionTask(TrainTask):
         self.ids = pipe.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt").input_ids
         if not bool((self.ids == self.token_id).any(dim=1).all()):
             raise ValueError(f"every prompt must contain the token {token!r} (e.g. 'a {token} on a green background')")
-        check_images(images)
+        pixels = check_images(images)
         self._flags = {name: (m.training, [p.requires_grad for p in m.parameters()])
                        for name, m in self._pipe_modules().items()}
         for m in self._pipe_modules().values():  # eval: no dropout, identical n + 1 forwards; frozen: no grads
             m.eval().requires_grad_(False)
         self._hook = table.register_forward_hook(self._inject)
         try:
-            self.latents = _encode(pipe, images.to(self.token.weight.device))
+            self.latents = _encode(pipe, pixels.to(self.token.weight.device))
         except BaseException:
             self.close()
             raise
@@ -218,7 +218,6 @@ def activation_quantizers(pipe: Any) -> int:
                for part in ("text_encoder", "unet", "vae") for name, m in getattr(pipe, part).named_modules())
 
 
-@torch.no_grad()
 def check_images(images: Any) -> Tensor:
     """Reference images as floats in [0, 1]; raises on anything else (NaN would train a NaN token silently)."""
     if not isinstance(images, Tensor):
@@ -233,7 +232,7 @@ def check_images(images: Any) -> Tensor:
     return x
 
 
-def _encode(pipe: Any, images: Tensor) -> Tensor:
-    """Latents (posterior mean x scaling factor) of images in [0, 1] (float) or uint8."""
-    x = check_images(images)
-    return pipe.vae.encode(x * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
+@torch.no_grad()
+def _encode(pipe: Any, pixels: Tensor) -> Tensor:
+    """Latents (posterior mean x scaling factor) of float images in [0, 1] (``check_images``' output)."""
+    return pipe.vae.encode(pixels * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
