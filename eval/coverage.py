@@ -3,8 +3,10 @@
     python -m eval.coverage                   # -> eval/results/coverage.json, coverage.md, README block
 
 Each family is built from timm's own config at random weights (small widths where timm allows it, so the whole
-table runs in minutes on 2 cores) or from ``visq.testing``'s tiny pipelines. Per family the command quantizes
-``w8a8``, ``w4a8`` and ``w8a16`` with calibration on 4 random inputs (or 2 prompts / class ids / samples), exports
+table runs in minutes on 2 cores), from ``visq.testing``'s tiny pipelines (FLUX's flow matching included) or from its
+tiny diffusion transformers (``visq.testing.TRANSFORMERS``: FLUX, SD3, Sana, Qwen-Image, Z-Image, ...). Per family the
+command quantizes ``w8a8``, ``w4a8`` and ``w8a16`` with calibration on 4 random inputs (or 2 prompts / class ids /
+samples, or one captured denoiser call), exports
 the ``w8a8`` model (``visq.export``) and counts the attention modules that got quantizer slots. A cell that raises
 shows the first words of its error: visq fails loud rather than leaving attention float silently. Rows are
 written as they finish; a rerun recomputes everything (the table takes about a minute).
@@ -42,10 +44,16 @@ TIMM: dict[str, tuple[str, dict[str, Any], int]] = {
     "EfficientFormerV2": ("efficientformerv2_s0", {}, 224),
     "FastViT": ("fastvit_t8", {}, 224),
 }
-PIPELINES = ("tiny_sd", "tiny_dit", "tiny_ddim")  # visq.testing constructors: text-to-image, DiT, unconditional
+PIPELINES = ("tiny_sd", "tiny_dit", "tiny_ddim", "tiny_flux")  # visq.testing: text-to-image, DiT, unconditional,
+# flow matching
+PIPELINE_OPTIONS = {"tiny_flux": {"height": 16, "width": 16, "max_sequence_length": 8}}
+# family -> visq.testing.TRANSFORMERS name (a bare denoiser, calibrated on one captured call)
+TRANSFORMERS = {"FLUX.1": "flux", "Chroma": "chroma", "SD3 / SD3.5": "sd3", "Sana": "sana", "Qwen-Image": "qwen_image",
+                "Z-Image": "z_image", "Lumina2": "lumina2", "HunyuanDiT": "hunyuan_dit", "AuraFlow": "auraflow",
+                "CogView3Plus": "cogview3plus"}
 
 
-def _timm(name: str, kwargs: dict[str, Any], size: int) -> tuple[Callable[[], Any], Any]:
+def _timm(name: str, kwargs: dict[str, Any], size: int) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
     import timm
 
     def build() -> Any:
@@ -53,23 +61,35 @@ def _timm(name: str, kwargs: dict[str, Any], size: int) -> tuple[Callable[[], An
         extra = {"img_size": size} if "img_size" not in kwargs and size != 224 else {}
         return timm.create_model(name, pretrained=False, num_classes=10, **extra, **kwargs).eval()
 
-    return build, torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return build, torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0)), {}
 
 
-def _pipeline(name: str) -> tuple[Callable[[], Any], Any]:
+def _pipeline(name: str) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
     from visq import testing
 
-    calib = {"tiny_sd": ["a red circle", "a blue square"], "tiny_dit": [0, 1], "tiny_ddim": 2}[name]
-    return getattr(testing, name), calib
+    calib = {"tiny_sd": ["a red circle", "a blue square"], "tiny_dit": [0, 1], "tiny_ddim": 2,
+             "tiny_flux": ["a red circle", "a blue square"]}[name]
+    return getattr(testing, name), calib, PIPELINE_OPTIONS.get(name, {})
+
+
+def _transformer(name: str) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
+    from visq.calibrate import CalibSet, Call
+    from visq.testing import tiny_transformer
+
+    _, kwargs = tiny_transformer(name)
+    timestep = kwargs.get("timestep", kwargs.get("t"))
+    return (lambda: tiny_transformer(name)[0]), CalibSet([Call((), kwargs, timestep=float(timestep[0]))]), {}
 
 
 def _attention(model: Any, state: Any) -> str:
     """Attention modules that got quantizer slots, and those kept float because visq has no adapter for them."""
     slotted = sum(hasattr(m, "probs_quantizer") for m in model.modules())
     plain = sum(why.startswith("attention class") for why in state.plan.float_layers.values())
-    if not slotted and not plain:
+    linear = sum(why.startswith("linear attention") for why in state.plan.float_layers.values())
+    if not slotted and not plain and not linear:
         return "no attention layers"
-    return f"{slotted} quantized" + (f", {plain} float (no adapter)" if plain else "")
+    return (f"{slotted} quantized" + (f", {plain} float (no adapter)" if plain else "")
+            + (f", {linear} float (linear attention, named in summary)" if linear else ""))
 
 
 def _error(err: Exception) -> str:
@@ -78,12 +98,13 @@ def _error(err: Exception) -> str:
     return f"raises: {text if len(text) <= 100 else text[:97].rsplit(' ', 1)[0] + ' ...'}"
 
 
-def measure(build: Callable[[], Any], calib: Any) -> dict[str, Any]:
-    """The row of one family (module doc)."""
+def measure(build: Callable[[], Any], calib: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The row of one family (module doc); ``extra``: further pipeline arguments of the calibration runs."""
+    extra = extra or {}
     import visq
     from visq import hosts
 
-    options = {"num_inference_steps": 2} if not isinstance(calib, torch.Tensor) else None
+    options = {"num_inference_steps": 2, **extra} if isinstance(calib, (list, int)) else None
     row: dict[str, Any] = {}
     for recipe in RECIPES:
         obj = build()
@@ -119,7 +140,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
 
 def header() -> str:
     return ("Coverage, `python -m eval.coverage` (random weights, timm configs at small widths, calibration on 4 "
-            "random inputs; diffusers rows are `visq.testing`'s tiny pipelines, 2 sampling steps). \"raises\" is "
+            "random inputs; diffusers rows are `visq.testing`'s tiny pipelines, 2 sampling steps, and its tiny "
+            "diffusion transformers calibrated on one denoiser call). \"raises\" is "
             "visq refusing, with the reason, rather than leaving attention float silently; \"float\" attention is "
             "named in `summary`.")
 
@@ -130,13 +152,14 @@ def main(families: list[str] | None = None, out: Path = RESULTS / "coverage.json
 
     torch.set_num_threads(1)
     results: dict[str, dict[str, Any]] = {}
-    todo = [(f, TIMM[f][0], _timm(*TIMM[f])) for f in TIMM] + [(p, f"visq.testing.{p}", _pipeline(p))
-                                                               for p in PIPELINES]
-    for family, model, (build, calib) in todo:
+    todo = ([(f, TIMM[f][0], _timm(*TIMM[f])) for f in TIMM]
+            + [(p, f"visq.testing.{p}", _pipeline(p)) for p in PIPELINES]
+            + [(f, f"tiny_transformer({n!r})", _transformer(n)) for f, n in TRANSFORMERS.items()])
+    for family, model, (build, calib, extra) in todo:
         if families and family not in families:
             continue
         print(f"[coverage] {family} ...", flush=True)
-        results[family] = {"model": model, **measure(build, calib)}
+        results[family] = {"model": model, **measure(build, calib, extra)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
     text = header() + "\n\n" + render(results)

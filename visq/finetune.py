@@ -127,7 +127,10 @@ def float_teacher(model: nn.Module) -> Iterator[None]:
 def guided_eps(pipe: Any, model: nn.Module, out: Any, cfg: bool, guidance: float) -> Tensor:
     """The noise prediction the sampler uses: learned-variance channels dropped, CFG halves combined."""
     sample = out[0] if isinstance(out, tuple) else getattr(out, "sample", out)
-    eps = sample[:, : model.config.in_channels]
+    channels = model.config.get("in_channels")
+    # DiT-style learned variance: (B, 2C, H, W) -> the C noise channels; token-major outputs (FLUX's packed
+    # (B, tokens, C)) and ordinary ones pass unchanged
+    eps = sample[:, :channels] if sample.ndim == 4 and channels and sample.shape[1] > channels else sample
     if not cfg:
         return eps
     first, second = eps.chunk(2)
@@ -204,7 +207,7 @@ class DistillTask(TrainTask):
             self._trajectory = (epoch, self.teacher(self.epoch_seed[epoch]))
         record = self._trajectory[1][k]
         out = self.model(*record.call.args, **record.call.kwargs)
-        eps = guided_eps(self.pipe, self.model, out, self.cfg, self.guidance)
+        eps = guided_eps(self.pipe, self.model, out, record.call.cfg, self.guidance)
         loss = self.weights[k] * (eps.float() - record.target.float()).pow(2).sum()
         return StepOutput(loss, {"timestep": float(record.call.timestep)})
 
@@ -217,12 +220,16 @@ class DistillTask(TrainTask):
         value: Any = len(pick) if self.arg == "batch_size" else [self.items[i] for i in pick]
         records: list[TeacherCall] = []
         model = self.model
+        samples = len(pick) * (self.call_kwargs.get("num_images_per_prompt", 1) or 1)
 
         def record(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            from visq.hosts.diffusers import call_batch
+
             detach = lambda x: x.detach().clone() if isinstance(x, Tensor) else x  # noqa: E731
+            cfg = self.cfg and call_batch(args, kwargs) == 2 * samples  # batched [uncond, cond] (see _Recorder)
             call = Call(tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()},
-                        _timestep(args, kwargs), cfg=self.cfg)
-            records.append(TeacherCall(call, guided_eps(self.pipe, model, out, self.cfg, self.guidance).detach()))
+                        _timestep(module, args, kwargs), cfg=cfg)
+            records.append(TeacherCall(call, guided_eps(self.pipe, model, out, cfg, self.guidance).detach()))
 
         handle = model.register_forward_hook(record, with_kwargs=True)
         progress = dict(getattr(self.pipe, "_progress_bar_config", {}))
@@ -241,24 +248,30 @@ class DistillTask(TrainTask):
         return records
 
 
-def _timestep(args: tuple, kwargs: dict) -> float:
+def _timestep(module: nn.Module, args: tuple, kwargs: dict) -> float:
     from visq.hosts.diffusers import _timestep_arg
     from visq.timesteps import as_timestep
 
-    return as_timestep(_timestep_arg(args, kwargs))
+    return as_timestep(_timestep_arg(module, args, kwargs))
 
 
 def _check_timesteps(pipe: Any, calibrated: tuple[float, ...]) -> int:
-    """The sampling step count whose timesteps are the calibrated ones (TALSQ rows); raises otherwise."""
+    """The sampling step count whose timesteps are the calibrated ones (TALSQ rows); raises otherwise.
+
+    DDPM-family schedulers are checked up front on a fresh copy. Flow-matching pipelines (FLUX, SD3...) pass
+    their own sigmas and shift, and may rescale the timestep the denoiser sees, so only their sampled trajectory can
+    tell: the per-timestep quantizers refuse an uncalibrated timestep in the first teacher run."""
     if not calibrated:
         raise ValueError("the model has no calibrated timesteps: quantize the pipeline (not a bare denoiser)")
+    if getattr(pipe.scheduler, "alphas_cumprod", None) is None:
+        return len(calibrated)
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     scheduler.set_timesteps(len(calibrated))
-    sampled = [round(float(t), 3) for t in scheduler.timesteps]
-    if sorted(sampled) != sorted(round(t, 3) for t in calibrated):
+    sampled = [float(t) for t in scheduler.timesteps]
+    if sorted(round(t, 3) for t in sampled) != sorted(round(t, 3) for t in calibrated):
         raise ValueError(f"the scheduler's {len(calibrated)}-step timesteps differ from the calibrated ones "
-                         f"({sampled[:4]}... vs {list(calibrated)[:4]}...): quantize with the sampler settings "
-                         "you train and sample with")
+                         f"({[round(t, 3) for t in sampled[:4]]}... vs {list(calibrated)[:4]}...): quantize with "
+                         "the sampler settings you train and sample with")
     return len(calibrated)
 
 

@@ -32,6 +32,10 @@ class AttentionAdapter:
         """Module path under which the slot quantizers live."""
         return path
 
+    def gap(self, module: nn.Module) -> str | None:
+        """Why ``module``, an attention this adapter knows but does not match, gets no slots (None: not one)."""
+        return None
+
     def shapes(self, module: nn.Module) -> dict[str, SiteShape]:
         raise NotImplementedError
 
@@ -112,6 +116,8 @@ def find_owners(model: nn.Module) -> tuple[list[Owner], dict[str, str]]:
             owners.append(Owner(path, path, _layer_shapes(module)))
         elif adapter is not None:
             owners.append(Owner(path, adapter.site_prefix(path), adapter.shapes(module), adapter))
+        elif (gap := next((g for a in ADAPTERS if (g := a.gap(module)) is not None), None)) is not None:
+            unsupported[path] = gap
         elif _looks_like_attention(type(module).__name__):
             unsupported[path] = f"attention class {type(module).__name__} has no visq adapter"
         elif any(True for _ in module.parameters(recurse=False)):

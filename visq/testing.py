@@ -1,5 +1,7 @@
 """Tiny models built in code (no hub, random weights) for tests and overhead benchmarks: a timm ViT, Stable
-Diffusion, DiT and DDIM pipelines, a PixArt denoiser. Heavy libraries are imported inside each builder."""
+Diffusion, DiT and DDIM pipelines, a PixArt denoiser, the diffusion transformers of ``TRANSFORMERS`` (FLUX, SD3,
+Sana, Qwen-Image, Z-Image, Lumina2, HunyuanDiT, AuraFlow...) and a flow-matching FLUX pipeline. Heavy libraries are
+imported inside each builder."""
 
 from __future__ import annotations
 
@@ -82,3 +84,165 @@ def tiny_pixart(seed: int = 0):
     return PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
                                     num_layers=2, sample_size=4, patch_size=2, cross_attention_dim=16,
                                     caption_channels=24).eval()
+
+
+# Diffusion transformers at toy widths, from their diffusers classes: name -> (config, inputs). Each builder returns
+# the model and the keyword arguments of one denoiser call (batch 2, 16 image tokens, 6 text tokens), as its
+# pipeline would pass them.
+_B, _TXT = 2, 6
+
+
+def _flux_kwargs(r, channels: int = 16) -> dict:
+    ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1)
+    return dict(hidden_states=r(_B, 16, channels), encoder_hidden_states=r(_B, _TXT, 32),
+                img_ids=ids.reshape(16, 3), txt_ids=torch.zeros(_TXT, 3), timestep=torch.full((_B,), 0.5))
+
+
+def _flux(r):
+    from diffusers import FluxTransformer2DModel
+
+    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                   pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+    return model, {**_flux_kwargs(r), "pooled_projections": r(_B, 32)}
+
+
+def _chroma(r):
+    from diffusers import ChromaTransformer2DModel
+
+    model = ChromaTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                     attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                     axes_dims_rope=(4, 6, 6), approximator_num_channels=8, approximator_hidden_dim=16,
+                                     approximator_layers=1)
+    return model, _flux_kwargs(r)
+
+
+def _latent_kwargs(r, timestep: float = 500.0) -> dict:
+    return dict(hidden_states=r(_B, 4, 8, 8), encoder_hidden_states=r(_B, _TXT, 32),
+                timestep=torch.full((_B,), timestep))
+
+
+def _sd3(r):
+    from diffusers import SD3Transformer2DModel
+
+    # SD3.5-style: a dual-attention first layer and RMS q / k norms
+    model = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                  num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                                  pooled_projection_dim=32, out_channels=4, pos_embed_max_size=16,
+                                  dual_attention_layers=(0,), qk_norm="rms_norm")
+    return model, {**_latent_kwargs(r), "pooled_projections": r(_B, 32)}
+
+
+def _sana(r):
+    from diffusers import SanaTransformer2DModel
+
+    model = SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+                                   num_layers=2, num_cross_attention_heads=2, cross_attention_head_dim=8,
+                                   cross_attention_dim=16, caption_channels=32, sample_size=8, patch_size=1)
+    return model, _latent_kwargs(r)
+
+
+def _qwen_image(r):
+    from diffusers import QwenImageTransformer2DModel
+
+    model = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                        axes_dims_rope=(4, 6, 6))
+    mask = torch.ones(_B, _TXT, dtype=torch.long)
+    mask[1, -2:] = 0  # the second prompt is shorter: its padding is masked out of the joint attention
+    return model, dict(hidden_states=r(_B, 16, 16), encoder_hidden_states=r(_B, _TXT, 32),
+                       encoder_hidden_states_mask=mask, timestep=torch.full((_B,), 0.5), img_shapes=[[(1, 4, 4)]] * _B)
+
+
+def _z_image(r):
+    from diffusers import ZImageTransformer2DModel
+
+    model = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2,
+                                     n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=32, axes_dims=[4, 6, 6],
+                                     axes_lens=[64, 32, 32])
+    return model, dict(x=[r(4, 1, 8, 8) for _ in range(_B)], t=torch.full((_B,), 0.5),
+                       cap_feats=[r(_TXT - i, 32) for i in range(_B)])
+
+
+def _lumina2(r):
+    from diffusers import Lumina2Transformer2DModel
+
+    model = Lumina2Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=2,
+                                      num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1, multiple_of=16,
+                                      axes_dim_rope=(4, 6, 6), axes_lens=(32, 32, 32), cap_feat_dim=32)
+    mask = torch.ones(_B, _TXT, dtype=torch.bool)
+    mask[1, -2:] = False
+    return model, {**_latent_kwargs(r, 0.5), "encoder_attention_mask": mask}
+
+
+def _hunyuan_dit(r):
+    from diffusers import HunyuanDiT2DModel
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+
+    model = HunyuanDiT2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, patch_size=2, sample_size=8,
+                              hidden_size=16, num_layers=2, cross_attention_dim=32, cross_attention_dim_t5=32,
+                              pooled_projection_dim=16, text_len=_TXT, text_len_t5=_TXT,
+                              use_style_cond_and_image_meta_size=False)
+    ones = torch.ones(_B, _TXT, dtype=torch.long)
+    rope = get_2d_rotary_pos_embed(8, ((0, 0), (4, 4)), (4, 4), use_real=True)
+    return model, {**_latent_kwargs(r), "text_embedding_mask": ones, "encoder_hidden_states_t5": r(_B, _TXT, 32),
+                   "text_embedding_mask_t5": ones, "image_rotary_emb": rope}
+
+
+def _auraflow(r):
+    from diffusers import AuraFlowTransformer2DModel
+
+    model = AuraFlowTransformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_mmdit_layers=1,
+                                       num_single_dit_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                       joint_attention_dim=32, caption_projection_dim=16, out_channels=4,
+                                       pos_embed_max_size=16)
+    return model, _latent_kwargs(r)
+
+
+def _cogview3(r):
+    from diffusers import CogView3PlusTransformer2DModel
+
+    model = CogView3PlusTransformer2DModel(patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                                           num_attention_heads=2, out_channels=4, text_embed_dim=32, time_embed_dim=16,
+                                           condition_dim=4, pos_embed_max_size=16, sample_size=8)
+    size = torch.tensor([[8.0, 8.0]] * _B)
+    return model, {**_latent_kwargs(r), "original_size": size, "target_size": size, "crop_coords": torch.zeros(_B, 2)}
+
+
+TRANSFORMERS = {"flux": _flux, "chroma": _chroma, "sd3": _sd3, "sana": _sana, "qwen_image": _qwen_image,
+                "z_image": _z_image, "lumina2": _lumina2, "hunyuan_dit": _hunyuan_dit, "auraflow": _auraflow,
+                "cogview3plus": _cogview3}
+
+
+def tiny_transformer(name: str, seed: int = 0):
+    """A diffusion transformer of ``TRANSFORMERS`` at toy width, random weights from ``seed``, and the keyword
+    arguments of one denoiser call (inputs drawn from ``seed`` too)."""
+    if name not in TRANSFORMERS:
+        raise ValueError(f"unknown tiny transformer {name!r}; choose from {', '.join(TRANSFORMERS)}")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model, kwargs = TRANSFORMERS[name](lambda *shape: torch.randn(*shape, generator=generator))
+    return model.eval(), kwargs
+
+
+def tiny_flux(seed: int = 0):
+    """A FLUX.1 pipeline at toy width: flow-matching Euler sampler (sigma timesteps), CLIP + T5 text encoders (both
+    tokenized by visq's CLIP tokenizer), 16x16 images = 4x4 packed latent tokens. Sample with ``height=16,
+    width=16, max_sequence_length=8``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from visq.zoo.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    transformer, _ = _flux(lambda *shape: torch.zeros(shape))
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                        num_hidden_layers=1, vocab_size=49408, max_position_embeddings=32)).eval()
+    t5 = T5EncoderModel(T5Config(vocab_size=49408, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2)).eval()
+    vae = _vae()
+    vae.register_to_config(shift_factor=0.0)  # FLUX's decode shifts latents; visq's toy VAE has none
+    tokenizer = build_clip_tokenizer(32)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text, tokenizer=tokenizer,
+                        text_encoder_2=t5, tokenizer_2=tokenizer, transformer=transformer.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,6 +1,7 @@
 import pytest
 import timm
 import torch
+from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
 
 import visq
 from visq.hosts.timm import QuantAttention, QuantWindowAttention
@@ -128,12 +129,21 @@ DIRECT_QKV = {
                                          mlp_ratio=2), 28),
     "swinv2": ("swinv2_tiny_window8_256", dict(embed_dim=16, depths=(1, 1), num_heads=(2, 2), window_size=4,
                                                patch_size=4), 32),
+    # no qkv.weight here, but attention timm computes its own way: pooled q / k / v with relative positions (MViTv2,
+    # with a class token), talking heads and attention biases (EfficientFormerV2), mask-unit windows through the
+    # fused SDPA path (Hiera)
+    "mvitv2": (lambda **kw: MultiScaleVit(MultiScaleVitCfg(depths=(1, 1, 1, 1), embed_dim=16, use_cls_token=True),
+                                          **kw), {}, 32),
+    "efficientformerv2": ("efficientformerv2_s0", dict(depths=(1, 1, 2, 2), embed_dims=(16, 16, 32, 64), num_vit=1),
+                          224),
+    "hiera": ("hiera_tiny_224", dict(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1)), 64),
 }
 
 
 def _family(key, seed=0):
     name, kwargs, size = DIRECT_QKV[key]
-    model = timm.create_model(name, pretrained=False, num_classes=10, **{"img_size": size, **kwargs}).eval()
+    build = name if callable(name) else lambda **kw: timm.create_model(name, pretrained=False, **kw)
+    model = build(num_classes=10, **{"img_size": size, **kwargs}).eval()
     torch.manual_seed(seed)
     with torch.no_grad():  # weights, q / v biases and position tables all far from their zero init
         for p in model.parameters():
@@ -143,7 +153,6 @@ def _family(key, seed=0):
 
 @pytest.mark.parametrize("key", list(DIRECT_QKV))
 def test_slotted_attention_without_quantizers_is_timms(key):
-    from visq.modules import rebind
     from visq.sites import ADAPTERS
 
     model, x = _family(key)
@@ -153,7 +162,7 @@ def test_slotted_attention_without_quantizers_is_timms(key):
     for path, module in list(model.named_modules()):
         adapter = next((a for a in ADAPTERS if a.matches(module)), None)
         if adapter is not None:
-            model.set_submodule(path, rebind(adapter.quant_cls, module))
+            adapter.install(model, path, {})  # slots without quantizers
             swapped += 1
     with torch.no_grad():
         out = model.forward_features(x)

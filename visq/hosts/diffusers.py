@@ -1,8 +1,12 @@
-"""diffusers host: DDPM / DDIM (UNet2DModel), Stable Diffusion (UNet2DConditionModel), DiT and PixArt.
+"""diffusers host: any pipeline's denoiser, a UNet or a diffusion transformer (DDPM / DDIM, Stable Diffusion, SDXL,
+DiT, PixArt, FLUX, SD3, Sana, Qwen-Image, Z-Image, Lumina2, HunyuanDiT, AuraFlow, CogView3, Chroma, ...).
 
-The denoiser (``pipe.unet`` or ``pipe.transformer``) is quantized; text encoders and the VAE stay float.
-Attention gets its slots through ``QuantAttnProcessor``, an ``nn.Module`` processor installed with diffusers' own
-``set_processor`` (so its quantizers live in the state dict under ``<attn>.processor.*``). Calibration data is a
+The denoiser (``pipe.unet`` or ``pipe.transformer``: a diffusers model whose forward takes a timestep) is quantized;
+text encoders and the VAE stay float. Attention gets its slots through an ``nn.Module`` processor installed with
+diffusers' own ``set_processor`` (so its quantizers live in the state dict under ``<attn>.processor.*``):
+``QuantAttnProcessor`` for the classic processors, else the model's own processor wrapped
+(``diffusers_attention.QuantizedProcessor``), which covers joint attention, RoPE, masks and GQA without per-model
+code. Calibration data is a
 trajectory cache captured from float runs of the pipeline: every denoiser call's inputs (latents, timestep,
 conditioning including the unconditional half under classifier-free guidance).
 """
@@ -15,18 +19,20 @@ from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from torch import Tensor, nn
 
 from visq.calibrate import CalibSet, Call
 from visq.guard import check_int
 from visq.hosts.base import Host
+from visq.hosts.diffusers_attention import QuantizedProcessor, attention_gap
 from visq.quantizers import SiteShape
 from visq.sites import ADAPTERS, ATTENTION_SLOTS, AttentionAdapter, FloatRule
 from visq.timesteps import as_timestep, temporal_quantizers
 
-DENOISERS = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "Transformer2DModel",
-             "PixArtTransformer2DModel")
+DENOISER_EXAMPLES = ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel", "PixArtTransformer2DModel",
+                     "FluxTransformer2DModel", "SD3Transformer2DModel", "SanaTransformer2DModel")
 _FLOAT_RULES = [
     FloatRule("conv_in", "first convolution: tiny compute, large error when quantized (Q-Diffusion keeps it)"),
     FloatRule("conv_out", "last convolution: its error lands directly on the predicted noise"),
@@ -39,6 +45,27 @@ _FLOAT_RULES = [
     FloatRule("*norm1.linear", "adaLN modulation: scales and shifts every block from the timestep embedding"),
     FloatRule("adaln_single*", "adaLN-single timestep embedding and modulation"),
     FloatRule("caption_projection*", "caption projection: runs once per prompt, not per pixel"),
+    # diffusion transformers (FLUX, SD3, Sana, Qwen-Image, Z-Image, Lumina2, HunyuanDiT, AuraFlow, CogView3, Chroma):
+    # the same roles under their own names
+    FloatRule("time_*emb*", "timestep (and text / size) embedding: negligible compute, conditions every block"),
+    FloatRule("t_embedder*", "timestep embedding: negligible compute, conditions every block"),
+    FloatRule("time_step_proj*", "timestep embedding: negligible compute, conditions every block"),
+    FloatRule("text_embedder*", "text embedding projection: runs once per prompt, not per pixel"),
+    FloatRule("distilled_guidance_layer*", "modulation approximator: runs once per step, conditions every block"),
+    FloatRule("x_embedder*", "patch embedding (first layer)"),
+    FloatRule("all_x_embedder*", "patch embedding (first layer)"),
+    FloatRule("img_in", "patch embedding (first layer)"),
+    FloatRule("patch_embed*", "patch embedding (first layer)"),
+    FloatRule("context_embedder*", "text embedding projection: runs once per prompt, not per pixel"),
+    FloatRule("txt_in", "text embedding projection: runs once per prompt, not per pixel"),
+    FloatRule("cap_embedder*", "caption embedding projection: runs once per prompt, not per pixel"),
+    FloatRule("norm_out*", "final adaLN modulation (last layer)"),
+    FloatRule("all_final_layer*", "final modulation and projection (last layer)"),
+    FloatRule("*norm1_context.linear", "adaLN modulation of the text stream"),
+    FloatRule("*.norm.linear", "adaLN modulation of a single-stream block"),
+    FloatRule("*img_mod*", "adaLN modulation of the image stream"),
+    FloatRule("*txt_mod*", "adaLN modulation of the text stream"),
+    FloatRule("*adaLN_modulation*", "adaLN modulation: scales and shifts every block from the timestep embedding"),
 ]
 
 
@@ -101,27 +128,52 @@ class QuantAttnProcessor(nn.Module):
         return hidden_states / attn.rescale_output_factor
 
 
+def _classic(module: nn.Module) -> bool:
+    # UNets, DiT and PixArt: the plain processors QuantAttnProcessor mirrors (kept for them so their published
+    # tables stay comparable; the generic wrapper would compute the same function in another float order)
+    return type(module) is Attention and type(module.processor) in (AttnProcessor, AttnProcessor2_0)
+
+
+def _head_dims(module: nn.Module) -> tuple[int, int]:
+    """(q / k head dim, v head dim) of a diffusers attention module."""
+    heads = module.heads
+    head = getattr(module, "head_dim", None) or module.to_q.out_features // heads
+    to_v = getattr(module, "to_v", None)
+    kv_heads = module.to_k.out_features // head if getattr(module, "to_k", None) is not None else heads
+    return head, (to_v.out_features // kv_heads if to_v is not None else head)
+
+
 class _DiffusersAdapter(AttentionAdapter):
+    """diffusers attention: ``QuantAttnProcessor`` for the classic processors, else the model's own processor
+    wrapped (``QuantizedProcessor``). Quantizers live under ``<attn>.processor.*`` either way."""
+
     def matches(self, module: nn.Module) -> bool:
-        return type(module) is Attention
+        if not isinstance(module, (Attention, AttentionModuleMixin)) or getattr(module, "processor", None) is None:
+            return False
+        return _classic(module) or attention_gap(module.processor) is None
+
+    def gap(self, module: nn.Module) -> str | None:
+        if isinstance(module, (Attention, AttentionModuleMixin)) and getattr(module, "processor", None) is not None:
+            return attention_gap(module.processor)
+        return None
 
     def site_prefix(self, path: str) -> str:
         return f"{path}.processor"
 
     def shapes(self, module: nn.Module) -> dict[str, SiteShape]:
-        head_q = module.to_q.out_features // module.heads
-        head_kv = module.to_k.out_features // module.heads
+        head_qk, head_v = _head_dims(module)
         return {
-            "q_quantizer": SiteShape("activation", head_q, -1),
-            "k_quantizer": SiteShape("activation", head_kv, -1),
-            "v_quantizer": SiteShape("activation", head_kv, -1),
+            "q_quantizer": SiteShape("activation", head_qk, -1),
+            "k_quantizer": SiteShape("activation", head_qk, -1),
+            "v_quantizer": SiteShape("activation", head_v, -1),
             "probs_quantizer": SiteShape("activation", 1, -1),  # key count varies: per-tensor only
         }
 
     def install(self, model: nn.Module, path: str, quantizers: dict[str, nn.Module | None]) -> Callable[[], None]:
         attn = model.get_submodule(path)
         old = attn.processor
-        attn.set_processor(QuantAttnProcessor(quantizers))
+        new = QuantAttnProcessor(quantizers) if _classic(attn) else QuantizedProcessor.wrap(old, quantizers)
+        attn.set_processor(new)
         return lambda: attn.set_processor(old)
 
 
@@ -135,17 +187,28 @@ class TimestepHook:
         self.quantizers = temporal_quantizers(model)
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        value = as_timestep(_timestep_arg(args, kwargs))
+        value = as_timestep(_timestep_arg(module, args, kwargs))
         for q in self.quantizers:
             q.set_timestep(value)
 
 
-def _timestep_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if "timestep" in kwargs:
-        return kwargs["timestep"]
-    if len(args) > 1:
-        return args[1]
-    raise ValueError("denoiser called without a timestep argument")
+_TIMESTEP_NAMES = ("timestep", "t")  # Z-Image's denoiser calls it t
+
+
+def _timestep_param(model: nn.Module) -> tuple[str, int] | None:
+    """The denoiser's timestep parameter: (name, position among the positional arguments), or None."""
+    params = [p for p in inspect.signature(model.forward).parameters.values()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return next(((p.name, i) for i, p in enumerate(params) if p.name in _TIMESTEP_NAMES), None)
+
+
+def _timestep_arg(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    found = _timestep_param(model)
+    if found is not None and found[0] in kwargs:
+        return kwargs[found[0]]
+    if found is not None and len(args) > found[1]:
+        return args[found[1]]
+    raise ValueError(f"{type(model).__name__} called without a timestep argument")
 
 
 class DiffusersHost(Host):
@@ -158,9 +221,11 @@ class DiffusersHost(Host):
         model = obj
         if isinstance(obj, DiffusionPipeline):
             model = getattr(obj, "unet", None) or getattr(obj, "transformer", None)
-        if not isinstance(model, ModelMixin) or type(model).__name__ not in DENOISERS:
+        if not isinstance(model, ModelMixin) or _timestep_param(model) is None:
             found = type(model).__name__ if model is not None else "no unet / transformer"
-            raise TypeError(f"unsupported diffusers denoiser ({found}); supported: {', '.join(DENOISERS)}")
+            raise TypeError(f"unsupported diffusers model ({found}): visq quantizes a pipeline's denoiser, a "
+                            "diffusers model whose forward takes a timestep (UNets and transformers: "
+                            f"{', '.join(DENOISER_EXAMPLES)}, ...)")
         return model
 
     def float_rules(self, model: nn.Module) -> list[FloatRule]:
@@ -262,7 +327,8 @@ def capture_trajectory(
     """
     arg, _ = _pipeline_inputs(pipe, calib)
     check_call_options(pipe, num_inference_steps, batch_size, seed, call_kwargs)
-    recorder = _Recorder(cfg=arg != "batch_size" and _guidance(pipe, call_kwargs) > 1)
+    images = call_kwargs.get("num_images_per_prompt", 1) or 1
+    recorder = _Recorder(cfg=arg != "batch_size" and _guidance(pipe, call_kwargs) > 1, images_per_item=images)
     handle = DiffusersHost().target(pipe).register_forward_pre_hook(recorder, with_kwargs=True)
     try:
         for _ in sample_runs(pipe, calib, num_inference_steps, batch_size, seed, on_run=recorder.start, **call_kwargs):
@@ -279,7 +345,7 @@ def sample_runs(
     batch_size: int = 8,
     seed: int = 0,
     denoiser: nn.Module | None = None,
-    on_run: Callable[[int], None] | None = None,
+    on_run: Callable[[int, int], None] | None = None,
     **call_kwargs: Any,
 ) -> Iterator[Tensor]:
     """Sample the pipeline on the calibration items, one run per batch, and yield each run's final output.
@@ -287,7 +353,7 @@ def sample_runs(
     The output is the final latents for text-to-image pipelines, the images (float, NHWC) otherwise. Batch i uses
     generator seed + i, so two calls with the same arguments sample the same noise. ``denoiser`` replaces the
     pipeline's own denoiser for these runs (e.g. a quantized copy; the pipeline is restored afterwards);
-    ``on_run(i)`` is called before run i. The arguments are those of ``capture_trajectory``.
+    ``on_run(i, n)`` is called before run i, which samples n items. The arguments are those of ``capture_trajectory``.
     """
     arg, items = _pipeline_inputs(pipe, calib)
     check_call_options(pipe, num_inference_steps, batch_size, seed, call_kwargs)
@@ -299,9 +365,9 @@ def sample_runs(
         if denoiser is not None:
             setattr(pipe, name, denoiser)
         for run, i in enumerate(range(0, len(items), batch_size)):
-            if on_run is not None:
-                on_run(run)
             chunk = items[i : i + batch_size]
+            if on_run is not None:
+                on_run(run, len(chunk))
             value = len(chunk) if arg == "batch_size" else chunk
             with torch.no_grad():
                 out = pipe(**{arg: value}, num_inference_steps=num_inference_steps,
@@ -314,18 +380,32 @@ def sample_runs(
 
 
 class _Recorder:
-    """Forward pre-hook recording each denoiser call with its run and step index."""
+    """Forward pre-hook recording each denoiser call with its run and step index.
 
-    def __init__(self, cfg: bool) -> None:
+    A call batches classifier-free guidance when the pipeline guides (``cfg``) and the call carries twice the run's
+    samples: SD, SDXL, PixArt, SD3, Sana... batch [uncond, cond], while FLUX's guidance is an embedding and
+    its ``true_cfg_scale`` (like Qwen-Image's) makes a separate call for the negative prompt.
+    """
+
+    def __init__(self, cfg: bool, images_per_item: int = 1) -> None:
         self.calls: list[Call] = []
-        self.cfg, self.run, self.step = cfg, 0, 0
+        self.cfg, self.images_per_item = cfg, images_per_item
+        self.run, self.step, self.samples = 0, 0, 0
 
-    def start(self, run: int) -> None:
-        """A new sampling run begins: its calls are numbered from step 0."""
-        self.run, self.step = run, 0
+    def start(self, run: int, items: int) -> None:
+        """A new sampling run of ``items`` prompts / class ids begins: its calls are numbered from step 0."""
+        self.run, self.step, self.samples = run, 0, items * self.images_per_item
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         detach = lambda x: x.detach().clone() if isinstance(x, Tensor) else x  # noqa: E731
+        cfg = self.cfg and call_batch(args, kwargs) == 2 * self.samples
         self.calls.append(Call(tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()},
-                               as_timestep(_timestep_arg(args, kwargs)), self.run, self.step, self.cfg))
+                               as_timestep(_timestep_arg(module, args, kwargs)), self.run, self.step, cfg))
         self.step += 1
+
+
+def call_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Samples in one denoiser call: the first argument's batch (a list of latents, as Z-Image takes, counts its
+    items)."""
+    first = args[0] if args else next(iter(kwargs.values()))
+    return len(first) if isinstance(first, (list, tuple)) else first.shape[0]

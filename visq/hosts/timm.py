@@ -1,5 +1,5 @@
-"""timm host: ViT / DeiT (incl. distilled) / Swin / SwinV2 / BEiT / EVA / CaiT / XCiT / EfficientFormer / LeViT.
-Attention gets explicit q, k, v, probs quantizer slots.
+"""timm host: ViT / DeiT (incl. distilled) / Swin / SwinV2 / BEiT / EVA / CaiT / XCiT / EfficientFormer (V2) / LeViT /
+MViTv2 / Hiera and any attention with timm's fused SDPA path. Attention gets explicit q, k, v, probs quantizer slots.
 
 The ``Quant*Attention`` classes subclass timm's and spell the attention out (timm's fused SDPA path never
 materialises the probabilities, so it would bypass the slots: research/vit_methods.md 0).
@@ -7,6 +7,7 @@ materialises the probabilities, so it would bypass the slots: research/vit_metho
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -17,15 +18,18 @@ from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.beit import Attention as BeitAttention
 from timm.models.cait import ClassAttn, TalkingHeadAttn
 from timm.models.efficientformer import Attention as EfficientFormerAttention
+from timm.models.efficientformer_v2 import Attention2d, Attention2dDownsample
 from timm.models.eva import EvaAttention
 from timm.models.levit import Attention as LevitAttention
 from timm.models.levit import AttentionDownsample as LevitAttentionDownsample
+from timm.models.mvitv2 import MultiScaleAttention, cal_rel_pos_type, reshape_post_pool, reshape_pre_pool
 from timm.models.swin_transformer import WindowAttention
 from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
 from timm.models.xcit import XCA
 from torch import Tensor, nn
 
 from visq.hosts.base import Host
+from visq.hosts.sdpa import QuantizedSDPA, calls_sdpa
 from visq.modules import rebind
 from visq.quantizers import SiteShape
 from visq.sites import ADAPTERS, ATTENTION_SLOTS, AttentionAdapter, FloatRule
@@ -263,6 +267,75 @@ class QuantLevitAttentionDownsample(LevitAttentionDownsample):
         return self.proj(out.transpose(1, 2).reshape(B, -1, self.val_attn_dim))
 
 
+class QuantMultiScaleAttention(MultiScaleAttention):
+    """MViTv2 ``MultiScaleAttention`` with quantizer slots on the pooled, normalised q / k / v; the decomposed relative
+    position term is computed from the quantized q (it is a product with q); residual pooling adds the float q."""
+
+    def _pool(self, t: Tensor, feat_size: list[int], pool: nn.Module | None, norm: nn.Module | None):
+        size = feat_size
+        if pool is not None:
+            t, tok = reshape_pre_pool(t, feat_size, self.has_cls_token)
+            t, size = reshape_post_pool(pool(t), self.num_heads, tok)
+        return (norm(t) if norm is not None else t), size
+
+    def forward(self, x: Tensor, feat_size: list[int]) -> tuple[Tensor, list[int]]:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, q_size = self._pool(q, feat_size, self.pool_q, self.norm_q)
+        k, k_size = self._pool(k, feat_size, self.pool_k, self.norm_k)
+        v, _ = self._pool(v, feat_size, self.pool_v, self.norm_v)
+        qq, k = _slot(self, "q_quantizer", q), _slot(self, "k_quantizer", k)
+        attn = (qq * self.scale) @ k.transpose(-2, -1)
+        if self.rel_pos_type == "spatial":
+            attn = cal_rel_pos_type(attn, qq, self.has_cls_token, q_size, k_size, self.rel_pos_h, self.rel_pos_w)
+        x = _slot(self, "probs_quantizer", attn.softmax(dim=-1)) @ _slot(self, "v_quantizer", v)
+        if self.residual_pooling:
+            x = x + q
+        return self.proj(x.transpose(1, 2).reshape(B, -1, self.dim_out)), q_size
+
+
+def _heads_last(k: Tensor, quantize: Callable[[Tensor], Tensor]) -> Tensor:
+    """Quantize a (B, heads, head_dim, N) key with its head_dim last, as every other slot sees it."""
+    return quantize(k.transpose(-2, -1)).transpose(-2, -1)
+
+
+class QuantAttention2d(Attention2d):
+    """EfficientFormerV2 ``Attention2d`` with quantizer slots: talking heads mix the logits before the softmax and the
+    probabilities after it, so the probability slot quantizes the mixed weights that multiply v (as for CaiT)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        if self.stride_conv is not None:
+            x = self.stride_conv(x)
+        q = _slot(self, "q_quantizer", self.q(x).reshape(B, self.num_heads, -1, self.N).permute(0, 1, 3, 2))
+        k = _heads_last(self.k(x).reshape(B, self.num_heads, -1, self.N), lambda t: _slot(self, "k_quantizer", t))
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = _slot(self, "v_quantizer", v.reshape(B, self.num_heads, -1, self.N).permute(0, 1, 3, 2))
+        attn = self.talking_head1((q @ k) * self.scale + self.get_attention_biases(x.device)).softmax(dim=-1)
+        probs = _slot(self, "probs_quantizer", self.talking_head2(attn))
+        x = (probs @ v).transpose(2, 3).reshape(B, self.dh, self.resolution[0], self.resolution[1]) + v_local
+        if self.upsample is not None:
+            x = self.upsample(x)
+        return self.proj(self.act(x))
+
+
+class QuantAttention2dDownsample(Attention2dDownsample):
+    """EfficientFormerV2 ``Attention2dDownsample`` (queries from a strided local-global pool) with quantizer slots."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        q = _slot(self, "q_quantizer", self.q(x).reshape(B, self.num_heads, -1, self.N2).permute(0, 1, 3, 2))
+        k = _heads_last(self.k(x).reshape(B, self.num_heads, -1, self.N), lambda t: _slot(self, "k_quantizer", t))
+        v = self.v(x)
+        v_local = self.v_local(v)
+        v = _slot(self, "v_quantizer", v.reshape(B, self.num_heads, -1, self.N).permute(0, 1, 3, 2))
+        attn = ((q @ k) * self.scale + self.get_attention_biases(x.device)).softmax(dim=-1)
+        x = (_slot(self, "probs_quantizer", attn) @ v).transpose(2, 3)
+        x = x.reshape(B, self.dh, self.resolution2[0], self.resolution2[1]) + v_local
+        return self.proj(self.act(x))
+
+
 class _TimmAdapter(AttentionAdapter):
     def __init__(self, float_cls: type[nn.Module], quant_cls: type[nn.Module]) -> None:
         self.float_cls, self.quant_cls = float_cls, quant_cls
@@ -271,7 +344,8 @@ class _TimmAdapter(AttentionAdapter):
         return type(module) is self.float_cls
 
     def shapes(self, module: nn.Module) -> dict[str, SiteShape]:
-        value_dim = getattr(module, "val_dim", None)  # EfficientFormer / LeViT name it; proj may be a Sequential
+        # EfficientFormer / LeViT call it val_dim, EfficientFormerV2 d; their proj may be a Sequential
+        value_dim = getattr(module, "val_dim", getattr(module, "d", None))
         head_dim = value_dim if isinstance(value_dim, int) else module.proj.in_features // module.num_heads
         shapes = {s: SiteShape("activation", head_dim, -1) for s in ATTENTION_SLOTS}
         key_dim = getattr(module, "key_dim", None)  # EfficientFormer: q / k narrower than v
@@ -295,7 +369,48 @@ ADAPTERS.extend([_TimmAdapter(Attention, QuantAttention), _TimmAdapter(WindowAtt
                  _TimmAdapter(TalkingHeadAttn, QuantTalkingHeadAttn), _TimmAdapter(XCA, QuantXCA),
                  _TimmAdapter(EfficientFormerAttention, QuantEfficientFormerAttention),
                  _TimmAdapter(LevitAttention, QuantLevitAttention),
-                 _TimmAdapter(LevitAttentionDownsample, QuantLevitAttentionDownsample)])
+                 _TimmAdapter(LevitAttentionDownsample, QuantLevitAttentionDownsample),
+                 _TimmAdapter(MultiScaleAttention, QuantMultiScaleAttention),
+                 _TimmAdapter(Attention2d, QuantAttention2d),
+                 _TimmAdapter(Attention2dDownsample, QuantAttention2dDownsample)])
+
+
+class _FusedPathAdapter(AttentionAdapter):
+    """Any other timm attention whose forward has timm's fused path (``fused_attn`` and an SDPA call, e.g. Hiera's
+    ``MaskUnitAttention``): the fused path is switched on and run under ``QuantizedSDPA``, so timm's own code
+    computes everything around the attention (pooling, windows) and q / k / v / probs are quantized at the SDPA
+    call. Listed after the explicit adapters, which spell out the attentions with biases or talking heads."""
+
+    def matches(self, module: nn.Module) -> bool:
+        return (hasattr(module, "fused_attn") and isinstance(getattr(module, "head_dim", None), int)
+                and calls_sdpa(type(module).forward))
+
+    def shapes(self, module: nn.Module) -> dict[str, SiteShape]:
+        shapes = {s: SiteShape("activation", module.head_dim, -1) for s in ATTENTION_SLOTS}
+        shapes["probs_quantizer"] = SiteShape("activation", 1, -1)  # key count varies: per-tensor only
+        return shapes
+
+    def install(self, model: nn.Module, path: str, quantizers: dict[str, nn.Module | None]) -> Callable[[], None]:
+        old = model.get_submodule(path)
+        new = rebind(_fused_path_class(type(old)), old)
+        new.fused_attn = True
+        for name, quantizer in quantizers.items():
+            new.register_module(name, quantizer)
+        model.set_submodule(path, new)
+        return lambda: model.set_submodule(path, old)
+
+
+@functools.cache
+def _fused_path_class(float_cls: type[nn.Module]) -> type[nn.Module]:
+    def forward(self: nn.Module, *args, **kwargs):
+        with QuantizedSDPA(self):
+            return float_cls.forward(self, *args, **kwargs)
+
+    return type(f"Quant{float_cls.__name__}", (float_cls,), {"forward": forward, "__module__": __name__,
+                                                            "__doc__": _FusedPathAdapter.__doc__})
+
+
+ADAPTERS.append(_FusedPathAdapter())
 
 
 class TimmHost(Host):
