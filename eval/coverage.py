@@ -43,6 +43,7 @@ TIMM: dict[str, tuple[str, dict[str, Any], int]] = {
     "EfficientFormer": ("efficientformer_l1", {}, 224),
     "EfficientFormerV2": ("efficientformerv2_s0", {}, 224),
     "FastViT": ("fastvit_t8", {}, 224),
+    "FastViT (SA)": ("fastvit_sa12", {}, 224),
 }
 PIPELINES = ("tiny_sd", "tiny_dit", "tiny_ddim", "tiny_flux")  # visq.testing: text-to-image, DiT, unconditional,
 # flow matching

@@ -1,14 +1,18 @@
 """The rows of ``eval.bench_speed``: each turns a fresh float model into the object to time, at equal scope.
 
-Scope (every row): the ``nn.Linear`` layers visq's host quantizes (ViT: every block linear, not the patch embedding
-or the head; UNet: every linear except the time / class embeddings). Convolutions and attention matmuls stay
-float in every row; torchao and quanto get the same layer list through ``filter_fn`` / ``include``.
+Scope (every row but the ``full`` ones): the ``nn.Linear`` layers visq's host quantizes (ViT: every block linear,
+not the patch embedding or the head; UNet: every linear except the time / class embeddings). Convolutions and
+attention matmuls stay float in those rows; torchao and quanto get the same layer list through ``filter_fn`` /
+``include``. The ``full`` rows run visq's own ``w8a8`` recipe, which also quantizes what no peer row does: the
+convolutions (int8 oneDNN convolutions after ``visq.export``) and the attention products (q.k^T and probs.v as int8
+GEMMs); a second ``full`` row keeps those two as float kernels around the fake quantizers, to price the kernels.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -17,6 +21,7 @@ from torch import nn
 
 import visq
 from visq import Recipe, Rule, hosts
+from visq.kernels import onednn
 from visq.recipes import parse
 
 
@@ -40,6 +45,13 @@ ROWS = {r.name: r for r in [
     Row("visq fake-quant W8A8", "visq", "W8A8 static"),
     Row("visq export W8A8", "visq", "W8A8 static"),
     Row("visq export W8A8 compiled", "visq", "W8A8 static", compiled=True),
+    Row("visq export W8A8 full", "visq", "W8A8 static",
+        note="visq's own `w8a8` recipe, wider than the peer rows: the scoped linears plus every convolution with "
+             "quantized inputs (oneDNN int8 convolution) and the attention products (q / k / v / probs static "
+             "per-tensor 8-bit, q.k^T and probs.v as int8 GEMMs)"),
+    Row("visq export W8A8 full, fake-quant attention + convs", "visq", "W8A8 static",
+        note="as `full`, with the attention products and the convolutions left fake-quant around float kernels "
+             "(what `visq.export` ran before its int8 attention and convolutions)"),
     Row("visq export W8A8-dyn", "visq", "W8A8 dynamic per-token"),
     Row("visq export W8A16", "visq", "W8 weight-only"),
     Row("visq export W4A16", "visq", "W4 weight-only",
@@ -72,10 +84,13 @@ ROWS = {r.name: r for r in [
         note=f"quanto's default qint4: asymmetric min-max, {W4_GROUPS}"),
 ]}
 VISQ_RECIPES = {"visq fake-quant W8A8": "w8a8", "visq export W8A8": "w8a8", "visq export W8A8 compiled": "w8a8",
+                "visq export W8A8 full": "w8a8", "visq export W8A8 full, fake-quant attention + convs": "w8a8",
                 "visq export W8A8-dyn": "w8a8-dyn", "visq export W8A16": "w8a16", "visq export W4A16": "w4a16",
                 "visq export W4A8": "w4a8", "visq export W4A16-g128 bf16": "w4a16",
                 "visq export W4A16-asym": "w4a16-asym", "visq export W4A8-asym": "w4a8-asym",
                 "visq export W4A16-g128-asym bf16": "w4a16-asym"}
+# visq rows at visq's own recipe scope (convolutions and attention products too), not the peers' linear scope
+FULL_SCOPE = {"visq export W8A8 full", "visq export W8A8 full, fake-quant attention + convs"}
 # visq rows grouped per layer as quanto groups (quanto_group)
 PEER_GROUPED = {"visq export W4A16-g128 bf16", "visq export W4A16-g128-asym bf16"}
 
@@ -118,6 +133,20 @@ def scoped_recipe(text: str, scope: list[str], groups: dict[str, int | None] | N
     return Recipe((*rules, Rule("*", None, optional=True)), name=f"{text} (linears)")
 
 
+@contextmanager
+def _float_kernels_for_attention_and_convs(model: nn.Module) -> Iterator[None]:
+    """While ``visq.export`` runs inside: no int8 convolution kernel (as on a CPU without one); afterwards the
+    attention products go back to float matmuls around the fake quantizers. For the benchmark's `before` row."""
+    available = onednn.conv_available
+    onednn.conv_available = lambda: False
+    try:
+        yield
+    finally:
+        onednn.conv_available = available
+    for module in model.modules():
+        module.__dict__.pop("int8_attention", None)
+
+
 def apply(row: Row, obj: Any, calib: Any, calib_options: dict[str, Any], forward: Callable[[], Any]) -> Any:
     """Quantize ``obj`` (a model or pipeline) as ``row`` says, in place; returns it. ``forward`` runs a
     calibration pass of the target module (quanto's static activations)."""
@@ -126,10 +155,14 @@ def apply(row: Row, obj: Any, calib: Any, calib_options: dict[str, Any], forward
     if row.library == "visq":
         modules = dict(model.named_modules())
         groups = {p: quanto_group(modules[p].in_features) for p in scope} if row.name in PEER_GROUPED else None
-        visq.quantize(obj, scoped_recipe(VISQ_RECIPES[row.name], scope, groups), calib=calib,
-                      calib_options=calib_options, progress=False)
+        recipe = VISQ_RECIPES[row.name] if row.name in FULL_SCOPE else scoped_recipe(VISQ_RECIPES[row.name], scope,
+                                                                                      groups)
+        visq.quantize(obj, recipe, calib=calib, calib_options=calib_options, progress=False)
         visq.freeze(obj)
-        if "export" in row.name:
+        if "fake-quant attention + convs" in row.name:
+            with _float_kernels_for_attention_and_convs(model):
+                visq.export(obj, compile=row.compiled)
+        elif "export" in row.name:
             visq.export(obj, compile=row.compiled)
     elif row.library == "torchao":
         _torchao(row, model, set(scope))

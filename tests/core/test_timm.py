@@ -131,12 +131,14 @@ DIRECT_QKV = {
                                                patch_size=4), 32),
     # no qkv.weight here, but attention timm computes its own way: pooled q / k / v with relative positions (MViTv2,
     # with a class token), talking heads and attention biases (EfficientFormerV2), mask-unit windows through the
-    # fused SDPA path (Hiera)
+    # fused SDPA path (Hiera, FastViT's SA stages)
     "mvitv2": (lambda **kw: MultiScaleVit(MultiScaleVitCfg(depths=(1, 1, 1, 1), embed_dim=16, use_cls_token=True),
                                           **kw), {}, 32),
     "efficientformerv2": ("efficientformerv2_s0", dict(depths=(1, 1, 2, 2), embed_dims=(16, 16, 32, 64), num_vit=1),
                           224),
     "hiera": ("hiera_tiny_224", dict(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1)), 64),
+    "fastvit_sa": (lambda img_size, **kw: timm.create_model("fastvit_sa12", pretrained=False, **kw),  # no img_size
+                   dict(layers=(1, 1, 1, 1), embed_dims=(16, 32, 64, 128)), 64),  # attention on (B, C, H, W)
 }
 
 

@@ -28,6 +28,7 @@ def test_export_save_load_fresh_process_bit_identical(images, tmp_path):
         lines += [
             f"m = visq.load(tiny_vit(seed=1), r'{tmp_path / recipe}')",
             "assert 'exported layers: 8' in visq.summary(m), visq.summary(m)",
+            f"assert ('int8 attention: 2 modules' in visq.summary(m)) == {'a8' in recipe}, visq.summary(m)",
             f"torch.save(m(x).detach(), r'{tmp_path / recipe}.pt')",
         ]
     subprocess.run([sys.executable, "-c", "\n".join(lines)], check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""},

@@ -1,4 +1,5 @@
-"""Weight-only export: packed 4-bit storage (round trip, size on disk), kernels against the fake-quant forward."""
+"""Weight-only export: packed 4-bit storage (round trip, size on disk), kernels against the fake-quant forward; and
+convolutions, weight-only (int8 storage) or W8A8 (oneDNN's int8 convolution)."""
 
 import os
 
@@ -9,8 +10,11 @@ from torch import nn
 
 import visq
 from tests.deploy.conftest import fake_and_exported
+from visq import Recipe, Rule
+from visq.deploy.w8a8 import Int8Conv2d
 from visq.deploy.weight_only import Int4Linear, Int8WeightConv2d, Int8WeightLinear
-from visq.kernels import int4
+from visq.kernels import int4, onednn
+from visq.quantizers import Uniform
 
 
 def _mlp(width: int = 256) -> nn.Module:
@@ -112,15 +116,40 @@ def test_int8_conv_storage_matches_fake_quant_and_round_trips(recipe, tmp_path):
         expected = ref(y)
         assert torch.equal(out(y), expected)  # fp32: the fake-quant weight, dequantized from its codes
     assert "int8 weight storage (dequantized per call + F.conv2d)" in visq.summary(out)
-    visq.save(out, tmp_path)
-    loaded = visq.load(_convnet(), tmp_path)
-    assert isinstance(loaded[2], Int8WeightConv2d) and loaded[2].conv["groups"] == 4
+    _assert_round_trip(out, tmp_path, Int8WeightConv2d, y, expected)
+
+
+def _assert_round_trip(out, folder, cls, y, expected):
+    """visq.save / visq.load rebuild the exported convolutions (grouped one included) bit for bit."""
+    visq.save(out, folder)
+    loaded = visq.load(_convnet(), folder)
+    assert isinstance(loaded[2], cls) and loaded[2].conv["groups"] == 4
     with torch.no_grad():
         assert torch.equal(loaded(y), expected)
 
 
-def test_convolutions_with_quantized_inputs_stay_fake_quant():
+@pytest.mark.skipif(not onednn.conv_available(), reason="oneDNN's int8 convolution is not exact on this CPU")
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_convolutions_with_quantized_inputs_run_int8_and_round_trip(symmetric, tmp_path):
+    x = torch.randn(2, 3, 12, 12)
+    recipe = Recipe((Rule("*.weight_quantizer", Uniform(bits=8, symmetric=True, granularity="channel")),
+                     Rule("*.input_quantizer", Uniform(bits=8, symmetric=symmetric))))
+    ref, out = fake_and_exported(visq.quantize(_convnet(), recipe, calib=x, progress=False))
+    assert all(isinstance(out[i], Int8Conv2d) for i in (0, 2, 4))
+    y = torch.randn(3, 3, 12, 12)
+    with torch.no_grad():
+        expected, got = ref(y), out(y)
+    # the same integer sums as the fake-quant convolution: only float rounding differs
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert "int8 oneDNN qconv2d W8A8 (static per-tensor act)" in visq.summary(out)
+    _assert_round_trip(out, tmp_path, Int8Conv2d, y, got)
+
+
+def test_convolutions_without_an_exact_int8_kernel_stay_fake_quant(monkeypatch):
+    monkeypatch.setattr(onednn, "conv_available", lambda: False)
     x = torch.randn(2, 3, 12, 12)
     ref, out = fake_and_exported(visq.quantize(_convnet(), "w8a8", calib=x, progress=False))
-    assert not any(isinstance(m, Int8WeightConv2d) for m in out.modules())
-    assert "convolution with quantized inputs" in visq.summary(out)
+    assert not any(isinstance(m, (Int8Conv2d, Int8WeightConv2d)) for m in out.modules())
+    assert "no exact int8 convolution kernel on this CPU" in visq.summary(out)
+    per_token = visq.export(visq.quantize(_convnet(), "w8a8-dyn", calib=x, progress=False))
+    assert "the int8 convolution takes static per-tensor 8-bit inputs" in visq.summary(per_token)

@@ -29,6 +29,18 @@ def test_scope_is_the_hosts_linears_and_visq_quantizes_exactly_those():
     assert {s.rsplit(".", 1)[0] for s in sites} == set(scope)  # no attention slots, no patch embedding
 
 
+def test_full_scope_rows_run_visqs_recipe_with_and_without_the_int8_kernels():
+    x = torch.randn(4, 3, 32, 32)
+    full = apply(ROWS["visq export W8A8 full"], tiny_vit(), x, {}, lambda: None)
+    assert full.visq_export.attention == ["blocks.0.attn", "blocks.1.attn"]
+    assert all(m.int8_attention for p, m in full.named_modules() if p in full.visq_export.attention)
+    before = apply(ROWS["visq export W8A8 full, fake-quant attention + convs"], tiny_vit(), x, {}, lambda: None)
+    assert not any(getattr(m, "int8_attention", False) for m in before.modules())
+    assert visq.quant_state(before).plan.quantized.keys() == visq.quant_state(full).plan.quantized.keys()
+    with torch.no_grad():  # the same quantization: the kernels change only float rounding
+        torch.testing.assert_close(before(x), full(x), rtol=1e-4, atol=1e-4)
+
+
 def test_tables_from_cache():
     cache = {
         "deit-s|fp32": {"ms": 100.0, "fp32_ms": 100.0, "speedup": 1.0, "batch": 4, "peak_rss_mb": 900,

@@ -6,9 +6,12 @@ A layer is exported only when its integer form reproduces the fake-quant weight 
   per token) -> ``Int8Linear``;
 - ``QuantLinear`` without an input quantizer: <= 4-bit per-channel / per-group weights (symmetric or asymmetric)
   -> ``Int4Linear``; 5-8 bits per channel -> ``Int8WeightLinear``;
+- ``QuantConv2d`` with an 8-bit static per-tensor uniform input quantizer and <= 8-bit per-channel / per-tensor
+  weights -> ``Int8Conv2d`` (oneDNN's int8 convolution, where a probe finds it exact on this CPU);
 - ``QuantConv2d`` without an input quantizer, <= 8-bit per-channel / per-tensor weights -> ``Int8WeightConv2d``
-  (int8 storage, dequantized per call: there is no integer convolution kernel to call);
-- everything else (convolutions with quantized inputs, log2 / twin / split quantizers) keeps its fake-quant forward.
+  (int8 storage, dequantized per call);
+- everything else (other activation grids on convolutions, log2 / twin / split quantizers) keeps its fake-quant
+  forward.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from visq.deploy.w8a8 import Int8Linear
+from visq.deploy.w8a8 import Int8Conv2d, Int8Linear
 from visq.deploy.weight_only import Int4Linear, Int8WeightConv2d, Int8WeightLinear
+from visq.kernels import onednn
 from visq.modules import QuantConv2d, QuantLinear
 from visq.quantizers.uniform import UniformQuantizer
 
-KINDS = ("w8a8", "int8-weight", "int4-weight", "int8-weight-conv")
+KINDS = ("w8a8", "int8-weight", "int4-weight", "int8-weight-conv", "w8a8-conv")
 
 
 def weight_codes(layer: QuantLinear | QuantConv2d) -> tuple[Tensor, Tensor, Tensor] | str:
@@ -92,13 +96,23 @@ def choose(layer: nn.Module) -> tuple[str | None, str]:
 def _choose_conv(layer: QuantConv2d) -> tuple[str | None, str]:
     if layer.weight_quantizer is None:
         return None, "weights float (activation-only quantization): runs fake-quant"
-    if layer.input_quantizer is not None:
-        return None, "convolution with quantized inputs: no int8 conv kernel exported, runs fake-quant"
-    if layer.padding_mode != "zeros":
-        return None, f"convolution with padding_mode={layer.padding_mode!r}: runs fake-quant"
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        return None, f"convolution with padding {layer.padding!r}, mode {layer.padding_mode!r}: runs fake-quant"
+    if type(layer.weight_quantizer) is not UniformQuantizer:
+        return None, f"weight quantizer {type(layer.weight_quantizer).__name__} has no integer kernel: runs fake-quant"
     if layer.weight_quantizer.spec.granularity == "group":
         return None, "group-wise convolution weights: runs fake-quant"
-    return "int8-weight-conv", ""
+    iq = layer.input_quantizer
+    if iq is None:
+        return "int8-weight-conv", ""
+    if type(iq) is not UniformQuantizer:
+        return None, f"input quantizer {type(iq).__name__} has no int8 kernel: runs fake-quant"
+    aspec = iq.spec
+    if aspec.bits != 8 or aspec.granularity != "tensor" or aspec.dynamic:
+        return None, f"activation spec {aspec.short()}: the int8 convolution takes static per-tensor 8-bit inputs"
+    if not onednn.conv_available():
+        return None, "no exact int8 convolution kernel on this CPU (oneDNN's needs VNNI): runs fake-quant"
+    return "w8a8-conv", ""
 
 
 def build(layer: QuantLinear | QuantConv2d, kind: str) -> nn.Module | str:
@@ -124,4 +138,6 @@ def build(layer: QuantLinear | QuantConv2d, kind: str) -> nn.Module | str:
         return Int8WeightLinear.from_codes(centred, scale.reshape(-1), bias)
     if kind == "int8-weight-conv":
         return Int8WeightConv2d.from_codes(centred.reshape(layer.weight.shape), scale.reshape(-1), bias, layer)
+    if kind == "w8a8-conv":
+        return Int8Conv2d.from_codes(centred.reshape(layer.weight.shape), scale.reshape(-1), bias, layer)
     raise ValueError(f"unknown export kind {kind!r}; known: {KINDS}")

@@ -2,7 +2,9 @@
 
 The fake-quant model stays the reference: each exported layer is built from its fake-quant layer and checked to
 reproduce its integer weight exactly; layers without a kernel keep their fake-quant forward, and ``summary``
-names the kernel (or the reason) for every quantized layer. ``visq.save`` / ``visq.load`` keep the exported form.
+names the kernel (or the reason) for every quantized layer. Attention whose q / k / v / probs quantizers are static
+per-tensor grids is switched onto int8 products (``kernels.int8.matmul_static``: the same integer sums as the
+fake-quant products). ``visq.save`` / ``visq.load`` keep the exported form.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 from visq import hosts
 from visq.deploy import choose
 from visq.modules import QUANT_LAYERS
-from visq.quantizers import Quantizer
+from visq.quantizers.uniform import UniformQuantizer
 from visq.sites import ATTENTION_SLOTS
 
 logger = logging.getLogger(__name__)
@@ -32,17 +34,22 @@ class ExportState:
     Attributes:
         layers: layer path -> export kind (``choose.KINDS``) for every exported layer.
         kept: layer path -> why it still runs fake-quant.
+        attention: attention modules whose q.k^T and probs.v run as int8 GEMMs on their quantizers' codes.
+        attention_kept: attention module path -> why its products stay float matmuls around fake-quant.
         compiled: whether ``torch.compile`` was applied.
         compile_seconds: time of the first (compiling) call when ``example`` was given, else None.
     """
 
     layers: dict[str, str] = field(default_factory=dict)
     kept: dict[str, str] = field(default_factory=dict)
+    attention: list[str] = field(default_factory=list)
+    attention_kept: dict[str, str] = field(default_factory=dict)
     compiled: bool = False
     compile_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "kept": self.kept}
+        return {"layers": self.layers, "kept": self.kept, "attention": self.attention,
+                "attention_kept": self.attention_kept}
 
 
 def export(
@@ -79,6 +86,7 @@ def export(
             continue
         model.set_submodule(path, built.to(layer.weight.device))
         state.layers[path] = kind
+    _export_attention(model, state)
     model.visq_export = state
     logger.info("exported %d layers (%d kept fake-quant)", len(state.layers), len(state.kept))
     if compile:
@@ -96,6 +104,10 @@ def rebuild(model: nn.Module, saved: dict[str, Any]) -> None:
             raise ValueError(f"cannot rebuild exported layer {path} ({kind}): {built}")
         model.set_submodule(path, built)
         state.layers[path] = kind
+    for path in saved.get("attention", []):  # folders saved before int8 attention existed keep fake-quant
+        model.get_submodule(path).int8_attention = True
+        state.attention.append(path)
+    state.attention_kept = dict(saved.get("attention_kept", {}))
     model.visq_export = state
 
 
@@ -112,11 +124,44 @@ def summary_lines(model: nn.Module) -> list[str]:
     lines += [f"  {p:<{width}}  {model.get_submodule(p).kernel}" for p in state.layers]
     lines.append(f"fake-quant layers: {len(state.kept)}")
     lines += [f"  {p:<{width}}  {why}" for p, why in state.kept.items()]
-    slots = sum(1 for p, m in model.named_modules() if isinstance(m, Quantizer) and p.endswith(ATTENTION_SLOTS))
-    if slots:
-        lines.append(f"attention q / k / v / probs quantizers: {slots}, fake-quant around float matmuls (no int8 "
-                     "batched matmul is exported)")
+    if state.attention:
+        lines.append(f"int8 attention: {len(state.attention)} modules run q.k^T and probs.v as int8 GEMMs on their "
+                     "quantizers' codes (torch._int_mm per head, exact zero-point sums)")
+    if state.attention_kept:
+        lines.append(f"fake-quant attention: {len(state.attention_kept)} (float matmuls around fake-quant q / k / v "
+                     "/ probs)")
+        lines += [f"  {p:<{width}}  {why}" for p, why in state.attention_kept.items()]
     return lines
+
+
+def _export_attention(model: nn.Module, state: ExportState) -> None:
+    """Switch every attention whose four slots are static per-tensor uniform quantizers of <= 8 bits onto int8
+    products (the classes that implement it say so with ``exports_int8_attention``); record why others stay."""
+    for path, module in model.named_modules():
+        slots = [getattr(module, slot, None) for slot in ATTENTION_SLOTS]
+        if not all(hasattr(module, slot) for slot in ATTENTION_SLOTS) or all(q is None for q in slots):
+            continue  # not an attention, or one the recipe keeps float
+        reason = _attention_gap(module)
+        if reason is None:
+            module.int8_attention = True
+            state.attention.append(path)
+        else:
+            state.attention_kept[path] = reason
+
+
+def _attention_gap(module: nn.Module) -> str | None:
+    if not getattr(type(module), "exports_int8_attention", False):
+        return f"{type(module).__name__} computes its own attention (no int8 path)"
+    for slot in ATTENTION_SLOTS:
+        quantizer = getattr(module, slot)
+        if quantizer is None:
+            return f"{slot} is float"
+        if type(quantizer) is not UniformQuantizer:
+            return f"{slot} is a {type(quantizer).__name__} (integer kernels take uniform quantizers)"
+        spec = quantizer.spec
+        if spec.dynamic or spec.granularity != "tensor" or spec.bits > 8:
+            return f"{slot} is {spec.short()} (integer attention takes static per-tensor grids of <= 8 bits)"
+    return None
 
 
 def _quant_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

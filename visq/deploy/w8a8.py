@@ -95,3 +95,45 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel!r}"
+
+
+class Int8Conv2d(nn.Module):
+    """Exported W8A8 ``nn.Conv2d`` on oneDNN's int8 convolution (``onednn::qconv2d_pointwise``): uint8 codes of the
+    input from the layer's static per-tensor 8-bit ``input_quantizer`` (per-timestep scales included), symmetric
+    per-channel int8 weights prepacked, fp32 out with the bias added inside. Buffers ``qweight`` (int8, the
+    kernel's shape), ``weight_scale`` (out_channels,), ``bias``."""
+
+    kernel = "int8 oneDNN qconv2d W8A8 (static per-tensor act)"
+
+    def __init__(self, shape: tuple[int, ...], bias: bool, conv: dict, input_quantizer: UniformQuantizer) -> None:
+        super().__init__()
+        self.conv = conv  # stride, padding, dilation, groups
+        self.register_buffer("qweight", torch.zeros(shape, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(shape[0]))
+        self.register_buffer("bias", torch.zeros(shape[0]) if bias else None)
+        self.input_quantizer = input_quantizer
+        self.packed: onednn.PackedConvWeight | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: module.prepare())
+
+    @classmethod
+    def from_codes(cls, codes: Tensor, scale: Tensor, bias: Tensor | None, layer: nn.Conv2d) -> Int8Conv2d:
+        conv = {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation, "groups": layer.groups}
+        new = cls(tuple(codes.shape), bias is not None, conv, layer.input_quantizer)
+        new.qweight.copy_(codes)
+        new.weight_scale.copy_(scale.float().expand(codes.shape[0]))
+        if bias is not None:
+            new.bias.copy_(bias.detach())
+        new.prepare()
+        return new
+
+    def prepare(self) -> None:
+        """(Re)pack the weight for oneDNN (after loading the int8 weight)."""
+        self.packed = onednn.PackedConvWeight(self.qweight, self.conv)
+
+    def forward(self, x: Tensor) -> Tensor:
+        spec = self.input_quantizer.spec
+        scale, zero = self.input_quantizer._current()
+        scale = scale.reshape(())
+        u8_zero = int(zero.reshape(())) + (128 if spec.symmetric else 0)  # a signed grid shifted onto uint8
+        codes = onednn.quantize_u8(x, scale, u8_zero)
+        return onednn.conv2d(codes, float(scale), u8_zero, self.packed, self.weight_scale, self.bias).to(x.dtype)

@@ -51,8 +51,9 @@ class Int8WeightLinear(nn.Module):
 
 class Int8WeightConv2d(nn.Module):
     """Exported weight-only ``nn.Conv2d`` (<= 8-bit per-channel weights, float activations): ``qweight`` int8 codes
-    of the kernel's shape and ``weight_scale`` (out_channels,). There is no integer convolution kernel to call, so
-    the weights are dequantized per call; what this buys is storage, a quarter of fp32 in memory and on disk."""
+    of the kernel's shape and ``weight_scale`` (out_channels,). With float activations an integer kernel does not
+    apply, so the weights are dequantized per call; what this buys is storage, a quarter of fp32 in memory and on
+    disk (W8A8 convolutions run ``w8a8.Int8Conv2d``)."""
 
     kernel = "int8 weight storage (dequantized per call + F.conv2d)"
 

@@ -27,6 +27,7 @@ from visq.calibrate import CalibSet, Call
 from visq.guard import check_int
 from visq.hosts.base import Host
 from visq.hosts.diffusers_attention import QuantizedProcessor, attention_gap
+from visq.kernels import int8
 from visq.quantizers import SiteShape
 from visq.sites import ADAPTERS, ATTENTION_SLOTS, AttentionAdapter, FloatRule
 from visq.timesteps import as_timestep, temporal_quantizers
@@ -93,6 +94,17 @@ class QuantAttnProcessor(nn.Module):
         quantizer = getattr(self, name)
         return quantizer(x) if quantizer is not None else x
 
+    def _int8_attention(self, attn: Attention, query: Tensor, key: Tensor, value: Tensor,
+                        mask: Tensor | None) -> Tensor:
+        """``get_attention_scores`` and the probs @ v product on integer codes (``kernels.int8.matmul_static``)."""
+        if attn.upcast_attention:
+            query, key = query.float(), key.float()
+        scores = int8.matmul_static(query, self.q_quantizer, key.transpose(-1, -2), self.k_quantizer) * attn.scale
+        if mask is not None:
+            scores = scores + mask
+        probs = (scores.float() if attn.upcast_softmax else scores).softmax(dim=-1).to(value.dtype)
+        return int8.matmul_static(probs, self.probs_quantizer, value, self.v_quantizer)
+
     def forward(self, attn: Attention, hidden_states: Tensor, encoder_hidden_states: Tensor | None,
                 attention_mask: Tensor | None, temb: Tensor | None, **kwargs: Any) -> Tensor:
         residual = hidden_states
@@ -117,15 +129,22 @@ class QuantAttnProcessor(nn.Module):
             query = attn.norm_q(query)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        query, key = self._q("q_quantizer", query), self._q("k_quantizer", key)
-        probs = self._q("probs_quantizer", attn.get_attention_scores(query, key, attention_mask))
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, self._q("v_quantizer", value)))
+        if getattr(self, "int8_attention", False):  # visq.export: both products as int8 GEMMs on the codes
+            hidden_states = attn.batch_to_head_dim(self._int8_attention(attn, query, key, value, attention_mask))
+        else:
+            query, key = self._q("q_quantizer", query), self._q("k_quantizer", key)
+            probs = self._q("probs_quantizer", attn.get_attention_scores(query, key, attention_mask))
+            hidden_states = attn.batch_to_head_dim(torch.bmm(probs, self._q("v_quantizer", value)))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+QuantAttnProcessor.exports_int8_attention = True
+QuantizedProcessor.exports_int8_attention = True
 
 
 def _classic(module: nn.Module) -> bool:

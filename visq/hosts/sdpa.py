@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from visq.kernels import int8
+
 _SDPA_CALLS = ("scaled_dot_product_attention", "dispatch_attention_fn")  # the latter: diffusers' dispatcher
 
 
@@ -39,16 +41,24 @@ def quantized_sdpa(
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` with q / k / v quantized before the product and the probabilities after
     the softmax (the slots of ``slots`` that are None are skipped). Same arguments and semantics as torch's."""
-    q, k, v = (_slot(slots, f"{n}_quantizer", t) for n, t in (("q", query), ("k", key), ("v", value)))
+    exported = getattr(slots, "int8_attention", False)  # visq.export: both products as int8 GEMMs on the codes
+    q, k, v = (query, key, value) if exported else (
+        _slot(slots, f"{n}_quantizer", t) for n, t in (("q", query), ("k", key), ("v", value)))
     if enable_gqa and k.shape[-3] != q.shape[-3]:  # grouped-query attention: each kv head serves several q heads
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
         v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
-    scores = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1 / math.sqrt(q.shape[-1]))
+    scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
+    if exported:
+        scores = int8.matmul_static(q, slots.q_quantizer, k.transpose(-2, -1), slots.k_quantizer) * scale
+    else:
+        scores = (q @ k.transpose(-2, -1)) * scale
     if is_causal:
         keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~keep, float("-inf"))
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    if exported:
+        return int8.matmul_static(scores.softmax(dim=-1), slots.probs_quantizer, v, slots.v_quantizer)
     probs = _slot(slots, "probs_quantizer", scores.softmax(dim=-1))
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p)

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from visq.hosts.base import Host
 from visq.hosts.sdpa import QuantizedSDPA, calls_sdpa
+from visq.kernels import int8
 from visq.modules import rebind
 from visq.quantizers import SiteShape
 from visq.sites import ADAPTERS, ATTENTION_SLOTS, AttentionAdapter, FloatRule
@@ -45,9 +46,14 @@ def quantized_attention(
     scale: Tensor | float | None = None,
 ) -> Tensor:
     """softmax(Q(q) Q(k)^T * scale + bias) quantized, times Q(v); q, k, v are (B, heads, N, head_dim); ``scale``
-    defaults to ``module.scale``."""
+    defaults to ``module.scale``. After ``visq.export`` (``module.int8_attention``) both products run as int8
+    GEMMs on the quantizers' codes (inference: no attention dropout)."""
+    scale = module.scale if scale is None else scale
+    if getattr(module, "int8_attention", False):
+        attn = bias(int8.matmul_static(q, module.q_quantizer, k.transpose(-2, -1), module.k_quantizer) * scale)
+        return int8.matmul_static(attn.softmax(dim=-1), module.probs_quantizer, v, module.v_quantizer)
     q, k = _slot(module, "q_quantizer", q), _slot(module, "k_quantizer", k)
-    attn = bias((q @ k.transpose(-2, -1)) * (module.scale if scale is None else scale))
+    attn = bias((q @ k.transpose(-2, -1)) * scale)
     probs = _slot(module, "probs_quantizer", attn.softmax(dim=-1))
     drop = getattr(module, "attn_drop", None)  # EfficientFormer's attention has no dropout
     return (drop(probs) if drop is not None else probs) @ _slot(module, "v_quantizer", v)
@@ -363,6 +369,12 @@ class _TimmAdapter(AttentionAdapter):
         return lambda: model.set_submodule(path, old)
 
 
+# attention computed by quantized_attention (or at an SDPA call): visq.export can run its products in int8
+for _cls in (QuantAttention, QuantWindowAttention, QuantBeitAttention, QuantWindowAttentionV2, QuantEvaAttention,
+             QuantClassAttn, QuantXCA, QuantEfficientFormerAttention, QuantLevitAttention,
+             QuantLevitAttentionDownsample):
+    _cls.exports_int8_attention = True
+
 ADAPTERS.extend([_TimmAdapter(Attention, QuantAttention), _TimmAdapter(WindowAttention, QuantWindowAttention),
                  _TimmAdapter(BeitAttention, QuantBeitAttention), _TimmAdapter(EvaAttention, QuantEvaAttention),
                  _TimmAdapter(WindowAttentionV2, QuantWindowAttentionV2), _TimmAdapter(ClassAttn, QuantClassAttn),
@@ -407,7 +419,8 @@ def _fused_path_class(float_cls: type[nn.Module]) -> type[nn.Module]:
             return float_cls.forward(self, *args, **kwargs)
 
     return type(f"Quant{float_cls.__name__}", (float_cls,), {"forward": forward, "__module__": __name__,
-                                                            "__doc__": _FusedPathAdapter.__doc__})
+                                                            "__doc__": _FusedPathAdapter.__doc__,
+                                                            "exports_int8_attention": True})
 
 
 ADAPTERS.append(_FusedPathAdapter())

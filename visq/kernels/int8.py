@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from visq.quantizers.uniform import Uniform, range_to_params
+from visq.quantizers.uniform import Uniform, UniformQuantizer, range_to_params
 
 
 def act_offset(spec: Uniform) -> int:
@@ -85,3 +85,46 @@ def linear_dynamic(
     if bias is not None:
         y.add_(bias)
     return y.reshape(*x.shape[:-1], qweight.shape[1]).to(x.dtype)
+
+
+def int_bmm(a: Tensor, b: Tensor) -> Tensor:
+    """int8 (..., M, K) x (..., K, N) -> int32 (..., M, N).
+
+    torch has no batched int8 GEMM, so each (M, K) x (K, N) pair runs ``torch._int_mm`` (``b`` may be a transposed
+    view: ``_int_mm`` reads either layout).
+    """
+    batch = a.shape[:-2]
+    a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    out = torch.empty(a3.shape[0], a3.shape[1], b3.shape[2], dtype=torch.int32, device=a.device)
+    for i in range(a3.shape[0]):
+        if a.is_cuda:  # int_mm pads small operands there
+            out[i] = int_mm(a3[i], b3[i])
+        else:
+            torch._int_mm(a3[i], b3[i], out=out[i])
+    return out.reshape(*batch, a.shape[-2], b.shape[-1])
+
+
+def static_codes(x: Tensor, quantizer: UniformQuantizer) -> tuple[Tensor, int, Tensor]:
+    """int8 codes of ``x`` under a static per-tensor quantizer, the integer ``d = offset - zero`` that turns a code
+    into ``x / scale`` (``x ~ scale * (code + d)``), and the 0-dim scale."""
+    scale, zero = quantizer._current()  # the calibrated (per-timestep) scale and zero point
+    scale, zero = scale.reshape(()), zero.reshape(())
+    return quantize_static(x, scale, zero, quantizer.spec), act_offset(quantizer.spec) - int(zero), scale
+
+
+def matmul_static(a: Tensor, qa: UniformQuantizer, b: Tensor, qb: UniformQuantizer) -> Tensor:
+    """``qa(a) @ qb(b)`` for two activations, (..., M, K) @ (..., K, N), computed in integers.
+
+    With codes ``c`` and ``d = offset - zero`` per operand, ``sum_k (c_a + d_a)(c_b + d_b) = c_a c_b
+    + d_b * rowsum(c_a) + d_a * colsum(c_b) + K d_a d_b``: one int32 GEMM plus two sums, exact, then one rescale.
+    """
+    ca, da, sa = static_codes(a, qa)
+    cb, db, sb = static_codes(b, qb)
+    acc = int_bmm(ca, cb)
+    if db:
+        acc += db * ca.sum(dim=-1, dtype=torch.int32).unsqueeze(-1)
+    if da:
+        acc += da * cb.sum(dim=-2, dtype=torch.int32).unsqueeze(-2)
+    if da and db:
+        acc += da * db * a.shape[-1]
+    return acc.to(a.dtype if a.dtype.is_floating_point else torch.float32).mul_((sa * sb).to(a.dtype))

@@ -73,3 +73,52 @@ def linear(
     return torch.ops.onednn.qlinear_pointwise(
         x_u8, scale, zero, weight.packed, w_scale, weight.zero_points, bias, 1.0, 0, torch.float32, "none", [], ""
     )
+
+
+@functools.cache
+def conv_available() -> bool:
+    """Whether oneDNN's int8 convolution exists and is exact on this CPU (the probe of ``available``, for
+    ``qconv2d_pointwise``: the worst-case codes over a wide input, and a random grouped, strided case)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")):
+        return False
+    gen = torch.Generator().manual_seed(0)
+    probes = [(torch.full((1, 96, 5, 5), 255, dtype=torch.uint8), torch.full((8, 96, 3, 3), 127, dtype=torch.int8),
+               dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)),
+              (torch.randint(0, 256, (2, 16, 9, 9), dtype=torch.uint8, generator=gen),
+               torch.randint(-127, 128, (24, 8, 3, 3), dtype=torch.int8, generator=gen),
+               dict(stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=2))]
+    for x_u8, weight, conv in probes:
+        try:
+            got = conv2d(x_u8, 1.0, 0, PackedConvWeight(weight, conv), torch.ones(weight.shape[0]), None)
+        except RuntimeError:  # no primitive for this CPU
+            return False
+        if not torch.equal(got.double(), torch.nn.functional.conv2d(x_u8.double(), weight.double(), **conv)):
+            log.info("oneDNN's int8 convolution is not exact on this CPU (%s): W8A8 convolutions run fake-quant",
+                     torch.backends.cpu.get_cpu_capability())
+            return False
+    return True
+
+
+class PackedConvWeight:
+    """oneDNN's opaque prepacked int8 convolution weight, with the int8 weight and the convolution's geometry it
+    came from (a deepcopy repacks)."""
+
+    def __init__(self, weight: Tensor, conv: dict) -> None:
+        self.source, self.conv = weight, conv
+        self.packed = torch.ops.onednn.qconv_prepack(weight.contiguous(), torch.ones(weight.shape[0]), 1.0, 0,
+                                                     list(conv["stride"]), list(conv["padding"]),
+                                                     list(conv["dilation"]), conv["groups"], None)
+        self.zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+
+    def __deepcopy__(self, memo: dict) -> PackedConvWeight:
+        return PackedConvWeight(self.source.clone(), dict(self.conv))
+
+
+def conv2d(x_u8: Tensor, scale: float, zero: int, weight: PackedConvWeight, w_scale: Tensor,
+           bias: Tensor | None) -> Tensor:
+    """fp32 ``conv2d((x_u8 - zero) * scale, w * w_scale) + bias`` for NCHW ``x_u8`` (the input's scale and zero
+    point are taken per call: the prepacked weight does not depend on them)."""
+    c = weight.conv
+    return torch.ops.onednn.qconv2d_pointwise(
+        x_u8, scale, zero, weight.packed, w_scale, weight.zero_points, bias, list(c["stride"]), list(c["padding"]),
+        list(c["dilation"]), c["groups"], 1.0, 0, torch.float32, "none", [], "")
