@@ -220,13 +220,12 @@ class DistillTask(TrainTask):
         value: Any = len(pick) if self.arg == "batch_size" else [self.items[i] for i in pick]
         records: list[TeacherCall] = []
         model = self.model
-        samples = len(pick) * (self.call_kwargs.get("num_images_per_prompt", 1) or 1)
 
         def record(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            from visq.hosts.diffusers import call_batch
+            from visq.hosts.diffusers import batched_cfg
 
             detach = lambda x: x.detach().clone() if isinstance(x, Tensor) else x  # noqa: E731
-            cfg = self.cfg and call_batch(args, kwargs) == 2 * samples  # batched [uncond, cond] (see _Recorder)
+            cfg = batched_cfg(self.cfg, len(pick), self.call_kwargs, args, kwargs)
             call = Call(tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()},
                         _timestep(module, args, kwargs), cfg=cfg)
             records.append(TeacherCall(call, guided_eps(self.pipe, model, out, cfg, self.guidance).detach()))

@@ -138,9 +138,10 @@ def _export_attention(model: nn.Module, state: ExportState) -> None:
     """Switch every attention whose four slots are static per-tensor uniform quantizers of <= 8 bits onto int8
     products (the classes that implement it say so with ``exports_int8_attention``); record why others stay."""
     for path, module in model.named_modules():
-        slots = [getattr(module, slot, None) for slot in ATTENTION_SLOTS]
-        if not all(hasattr(module, slot) for slot in ATTENTION_SLOTS) or all(q is None for q in slots):
-            continue  # not an attention, or one the recipe keeps float
+        if not all(hasattr(module, slot) for slot in ATTENTION_SLOTS):
+            continue  # not an attention
+        if all(getattr(module, slot) is None for slot in ATTENTION_SLOTS):
+            continue  # an attention the recipe keeps float
         reason = _attention_gap(module)
         if reason is None:
             module.int8_attention = True

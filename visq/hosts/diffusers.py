@@ -13,6 +13,7 @@ conditioning including the unconditional half under classifier-free guidance).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -72,6 +73,8 @@ _FLOAT_RULES = [
 
 class QuantAttnProcessor(nn.Module):
     """Attention processor with q / k / v / probs quantizer slots, mirroring diffusers' ``AttnProcessor``."""
+
+    exports_int8_attention = True  # visq.export may set int8_attention: _int8_attention runs the products
 
     def __init__(self, quantizers: dict[str, nn.Module | None]) -> None:
         super().__init__()
@@ -143,10 +146,6 @@ class QuantAttnProcessor(nn.Module):
         return hidden_states / attn.rescale_output_factor
 
 
-QuantAttnProcessor.exports_int8_attention = True
-QuantizedProcessor.exports_int8_attention = True
-
-
 def _classic(module: nn.Module) -> bool:
     # UNets, DiT and PixArt: the plain processors QuantAttnProcessor mirrors (kept for them so their published
     # tables stay comparable; the generic wrapper would compute the same function in another float order)
@@ -214,15 +213,17 @@ class TimestepHook:
 _TIMESTEP_NAMES = ("timestep", "t")  # Z-Image's denoiser calls it t
 
 
-def _timestep_param(model: nn.Module) -> tuple[str, int] | None:
-    """The denoiser's timestep parameter: (name, position among the positional arguments), or None."""
-    params = [p for p in inspect.signature(model.forward).parameters.values()
-              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+@functools.cache
+def _timestep_param(model_cls: type[nn.Module]) -> tuple[str, int] | None:
+    """The denoiser class's timestep parameter: (name, index among the positional arguments of its forward), or
+    None. Cached: the timestep hook asks on every denoiser call."""
+    params = [p for p in inspect.signature(model_cls.forward).parameters.values()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)][1:]  # without self
     return next(((p.name, i) for i, p in enumerate(params) if p.name in _TIMESTEP_NAMES), None)
 
 
 def _timestep_arg(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    found = _timestep_param(model)
+    found = _timestep_param(type(model))
     if found is not None and found[0] in kwargs:
         return kwargs[found[0]]
     if found is not None and len(args) > found[1]:
@@ -240,7 +241,7 @@ class DiffusersHost(Host):
         model = obj
         if isinstance(obj, DiffusionPipeline):
             model = getattr(obj, "unet", None) or getattr(obj, "transformer", None)
-        if not isinstance(model, ModelMixin) or _timestep_param(model) is None:
+        if not isinstance(model, ModelMixin) or _timestep_param(type(model)) is None:
             found = type(model).__name__ if model is not None else "no unet / transformer"
             raise TypeError(f"unsupported diffusers model ({found}): visq quantizes a pipeline's denoiser, a "
                             "diffusers model whose forward takes a timestep (UNets and transformers: "
@@ -346,8 +347,7 @@ def capture_trajectory(
     """
     arg, _ = _pipeline_inputs(pipe, calib)
     check_call_options(pipe, num_inference_steps, batch_size, seed, call_kwargs)
-    images = call_kwargs.get("num_images_per_prompt", 1) or 1
-    recorder = _Recorder(cfg=arg != "batch_size" and _guidance(pipe, call_kwargs) > 1, images_per_item=images)
+    recorder = _Recorder(guides=arg != "batch_size" and _guidance(pipe, call_kwargs) > 1, call_kwargs=call_kwargs)
     handle = DiffusersHost().target(pipe).register_forward_pre_hook(recorder, with_kwargs=True)
     try:
         for _ in sample_runs(pipe, calib, num_inference_steps, batch_size, seed, on_run=recorder.start, **call_kwargs):
@@ -399,32 +399,32 @@ def sample_runs(
 
 
 class _Recorder:
-    """Forward pre-hook recording each denoiser call with its run and step index.
+    """Forward pre-hook recording each denoiser call with its run and step index (``batched_cfg`` sets its flag)."""
 
-    A call batches classifier-free guidance when the pipeline guides (``cfg``) and the call carries twice the run's
-    samples: SD, SDXL, PixArt, SD3, Sana... batch [uncond, cond], while FLUX's guidance is an embedding and
-    its ``true_cfg_scale`` (like Qwen-Image's) makes a separate call for the negative prompt.
-    """
-
-    def __init__(self, cfg: bool, images_per_item: int = 1) -> None:
+    def __init__(self, guides: bool, call_kwargs: dict[str, Any]) -> None:
         self.calls: list[Call] = []
-        self.cfg, self.images_per_item = cfg, images_per_item
-        self.run, self.step, self.samples = 0, 0, 0
+        self.guides, self.call_kwargs = guides, call_kwargs
+        self.run, self.step, self.items = 0, 0, 0
 
     def start(self, run: int, items: int) -> None:
         """A new sampling run of ``items`` prompts / class ids begins: its calls are numbered from step 0."""
-        self.run, self.step, self.samples = run, 0, items * self.images_per_item
+        self.run, self.step, self.items = run, 0, items
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         detach = lambda x: x.detach().clone() if isinstance(x, Tensor) else x  # noqa: E731
-        cfg = self.cfg and call_batch(args, kwargs) == 2 * self.samples
+        cfg = batched_cfg(self.guides, self.items, self.call_kwargs, args, kwargs)
         self.calls.append(Call(tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()},
                                as_timestep(_timestep_arg(module, args, kwargs)), self.run, self.step, cfg))
         self.step += 1
 
 
-def call_batch(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """Samples in one denoiser call: the first argument's batch (a list of latents, as Z-Image takes, counts its
-    items)."""
+def batched_cfg(guides: bool, items: int, call_kwargs: dict[str, Any], args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> bool:
+    """Whether a denoiser call batches classifier-free guidance as [uncond, cond]: the pipeline guides and the call
+    carries twice the run's samples (``items`` x ``num_images_per_prompt``). SD, SDXL, PixArt, SD3, Sana... batch
+    the pair; FLUX's guidance is an embedding, and its ``true_cfg_scale`` (like Qwen-Image's) makes a separate call
+    for the negative prompt."""
+    samples = items * (call_kwargs.get("num_images_per_prompt", 1) or 1)
     first = args[0] if args else next(iter(kwargs.values()))
-    return len(first) if isinstance(first, (list, tuple)) else first.shape[0]
+    batch = len(first) if isinstance(first, (list, tuple)) else first.shape[0]  # Z-Image takes a list of latents
+    return guides and batch == 2 * samples

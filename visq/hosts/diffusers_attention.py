@@ -50,6 +50,8 @@ class QuantizedProcessor(nn.Module):
     ``image_rotary_emb``...) that the processor's signature does not name.
     """
 
+    exports_int8_attention = True  # quantized_sdpa runs the products in int8 once visq.export sets int8_attention
+
     def __init__(self, processor: Any, quantizers: dict[str, nn.Module | None]) -> None:
         super().__init__()
         self.processor = processor
