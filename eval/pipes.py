@@ -193,6 +193,19 @@ def model_size(pipe: Any) -> dict[str, float]:
     return {"params_m": n_params / 1e6, "size_mb": total_bits / 8 / 1e6, "weight_bits": total_bits / max(n_params, 1)}
 
 
+def _check_saved_rules(saved: Path, cfg: QuantConfig) -> None:
+    """Refuse to resume from a model saved under another meaning of the same recipe string (a grammar default that
+    changed between releases, say): its images would be presented as this recipe's."""
+    from visq import recipes
+
+    stored = json.loads((saved / "quant.json").read_text())["recipe"]["rules"]
+    wanted = recipes.parse(cfg.recipe).to_dict()["rules"]
+    if stored != wanted:
+        raise ValueError(f"{saved} was quantized with rules that {cfg.recipe!r} no longer stands for (the recipe "
+                         f"grammar's defaults changed since): delete {saved.parent.parent} or pass a new --out to "
+                         f"start this run afresh")
+
+
 def prepare(
     model: str, cfg: QuantConfig, models_dir: Path, calib: list | None, calib_options: dict[str, Any] | None = None
 ) -> Any:
@@ -215,6 +228,7 @@ def prepare(
         with state().main_process_first():
             if done.is_file():
                 log.info("%s: loading the quantized model saved at %s", cfg.name, saved)
+                _check_saved_rules(saved, cfg)
                 visq.load(pipe, str(saved))
             else:
                 log.info("%s: quantizing with %s (method %s)", cfg.name, cfg.recipe, cfg.method or "default")

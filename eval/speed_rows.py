@@ -39,6 +39,22 @@ class Row:
 
 W4_GROUPS = ("quanto's grouping (per channel when K <= 128, else groups of 128 or the largest of 96 / 64 / 32 "
              "dividing K)")
+
+
+def _w4_rows(grid: str) -> list[Row]:
+    """visq's W4A16, W4A8 and quanto-grouped bf16 W4A16 rows on the default (asymmetric) or ``-sym`` grid."""
+    weights = ("asymmetric per output channel (unsigned grid, zero point)" if not grid
+               else "symmetric per output channel")
+    default = "visq's default " if not grid else ""
+    return [
+        Row(f"visq export W4A16{grid}", "visq", "W4 weight-only", note=f"{default}`w4a16{grid}`: {weights}, min-max"),
+        Row(f"visq export W4A8{grid}", "visq", "W4A8 static",
+            note=f"{default}`w4a8{grid}`: {weights} 4-bit weights, static per-tensor 8-bit activations"),
+        Row(f"visq export W4A16-g128{grid} bf16", "visq", "W4 weight-only", dtype=torch.bfloat16,
+            note=f"`w4a16{grid}` weights (min-max) in {W4_GROUPS}" + ("" if grid else ": quanto's W4 scheme exactly")),
+    ]
+
+
 ROWS = {r.name: r for r in [
     Row("fp32", "torch", "float"),
     Row("bf16", "torch", "float", dtype=torch.bfloat16),
@@ -54,18 +70,7 @@ ROWS = {r.name: r for r in [
              "(what `visq.export` ran before its int8 attention and convolutions)"),
     Row("visq export W8A8-dyn", "visq", "W8A8 dynamic per-token"),
     Row("visq export W8A16", "visq", "W8 weight-only"),
-    Row("visq export W4A16", "visq", "W4 weight-only",
-        note="visq's default `w4a16`: symmetric per output channel, min-max range"),
-    Row("visq export W4A8", "visq", "W4A8 static",
-        note="visq's default `w4a8`: symmetric per-channel 4-bit weights, static per-tensor 8-bit activations"),
-    Row("visq export W4A16-g128 bf16", "visq", "W4 weight-only", dtype=torch.bfloat16,
-        note=f"`w4a16` weights (symmetric, min-max) in {W4_GROUPS}: the quanto W4 rows' grouping"),
-    Row("visq export W4A16-asym", "visq", "W4 weight-only",
-        note="`w4a16-asym`: asymmetric per output channel (unsigned grid, zero point), min-max range"),
-    Row("visq export W4A8-asym", "visq", "W4A8 static",
-        note="`w4a8-asym`: asymmetric per-channel 4-bit weights, static per-tensor 8-bit activations"),
-    Row("visq export W4A16-g128-asym bf16", "visq", "W4 weight-only", dtype=torch.bfloat16,
-        note=f"`w4a16-asym` weights (asymmetric, min-max) in {W4_GROUPS}: quanto's W4 scheme exactly"),
+    *(row for grid in ("", "-sym") for row in _w4_rows(grid)),
     Row("torchao int8 dynamic", "torchao", "W8A8 dynamic per-token"),
     Row("torchao int8 dynamic compiled", "torchao", "W8A8 dynamic per-token", compiled=True),
     Row("torchao int8 weight-only", "torchao", "W8 weight-only"),
@@ -87,12 +92,12 @@ VISQ_RECIPES = {"visq fake-quant W8A8": "w8a8", "visq export W8A8": "w8a8", "vis
                 "visq export W8A8 full": "w8a8", "visq export W8A8 full, fake-quant attention + convs": "w8a8",
                 "visq export W8A8-dyn": "w8a8-dyn", "visq export W8A16": "w8a16", "visq export W4A16": "w4a16",
                 "visq export W4A8": "w4a8", "visq export W4A16-g128 bf16": "w4a16",
-                "visq export W4A16-asym": "w4a16-asym", "visq export W4A8-asym": "w4a8-asym",
-                "visq export W4A16-g128-asym bf16": "w4a16-asym"}
+                "visq export W4A16-sym": "w4a16-sym", "visq export W4A8-sym": "w4a8-sym",
+                "visq export W4A16-g128-sym bf16": "w4a16-sym"}
 # visq rows at visq's own recipe scope (convolutions and attention products too), not the peers' linear scope
 FULL_SCOPE = {"visq export W8A8 full", "visq export W8A8 full, fake-quant attention + convs"}
 # visq rows grouped per layer as quanto groups (quanto_group)
-PEER_GROUPED = {"visq export W4A16-g128 bf16", "visq export W4A16-g128-asym bf16"}
+PEER_GROUPED = {"visq export W4A16-g128 bf16", "visq export W4A16-g128-sym bf16"}
 
 
 def quanto_group(k: int) -> int | None:

@@ -2,12 +2,15 @@
 
 A recipe is an ordered tuple of ``Rule(pattern, spec)``: the pattern is an ``fnmatch`` glob over site names
 (the quantizer's module path, e.g. ``blocks.0.attn.qkv.weight_quantizer``), the first matching rule wins and a
-``None`` spec keeps the site float. Strings are sugar: ``"w<W>a<A>[-g<G>][-asym][-dyn]"`` (W weight bits 2-8,
+``None`` spec keeps the site float. Strings are sugar: ``"w<W>a<A>[-g<G>][-sym|-asym][-dyn]"`` (W weight bits 2-8,
 A activation bits 2-8 or 16 for float activations, G weight group size, ``-asym`` asymmetric weights: an unsigned
-grid with a zero point per channel / group, ``-dyn`` dynamic per-token activations). Defaults of the
-grammar: weights signed symmetric per output channel (per group with ``-g``; a convolution's groups run along its
-input channels), min-max ranges (``Uniform(range="mse")`` searches the clipping range instead; measured on
-shapes-sd it lowered w4a16 PSNR to float, so it is not the default); activations
+grid with a zero point per channel / group, ``-sym`` signed symmetric weights, ``-dyn`` dynamic per-token
+activations). Defaults of the grammar: weights per output channel (per group with ``-g``; a convolution's groups
+run along its input channels), asymmetric at <= 4 bits and symmetric above (a symmetric 4-bit grid spends its
+levels on both signs up to max |w| although a channel's weights rarely reach that far on both sides, and leaves
+level -8 unused; at 8 bits the levels are fine enough that symmetric weights cost little and keep the int8
+kernels free of weight zero points), min-max ranges (``Uniform(range="mse")`` searches the clipping range
+instead; measured on shapes-sd it lowered w4a16 PSNR to float, so it is not the default); activations
 asymmetric per tensor, static and calibrated (with ``-dyn``: asymmetric per token, ranges taken at run time, nothing
 calibrated); attention q, k, v and softmax probabilities quantized like the other activations.
 """
@@ -22,11 +25,13 @@ from typing import Any
 
 from visq.quantizers import QuantSpec, Uniform
 
-GRAMMAR = ("w<W>a<A>[-g<G>][-asym][-dyn] with W in 2..8, A in 2..8 or 16 (float activations), G > 0, "
-           "-asym = asymmetric weights, -dyn = dynamic per-token activations")
-PRESETS = ("w8a8", "w6a6", "w4a8", "w4a4", "w3a3", "w8a16", "w4a16", "w4a16-g32", "w4a8-g32", "w4a16-asym",
-           "w4a8-asym", "w8a8-dyn")
-_PATTERN = re.compile(r"w(\d+)a(\d+)(?:-g(\d+))?(-asym)?(-dyn)?")
+GRAMMAR = ("w<W>a<A>[-g<G>][-sym|-asym][-dyn] with W in 2..8, A in 2..8 or 16 (float activations), G > 0, "
+           "-sym / -asym = symmetric / asymmetric weights (default: asymmetric at W <= 4, symmetric above), "
+           "-dyn = dynamic per-token activations")
+PRESETS = ("w8a8", "w6a6", "w4a8", "w4a4", "w3a3", "w8a16", "w4a16", "w4a16-g32", "w4a8-g32", "w4a16-sym",
+           "w4a8-sym", "w8a8-dyn")
+ASYMMETRIC_MAX_BITS = 4  # weight widths up to this one default to the asymmetric grid
+_PATTERN = re.compile(r"w(\d+)a(\d+)(?:-g(\d+))?(?:-(sym|asym))?(-dyn)?")
 ACTIVATION_SITES = ("*.input_quantizer", "*.q_quantizer", "*.k_quantizer", "*.v_quantizer", "*.probs_quantizer")
 
 
@@ -119,10 +124,11 @@ def _invalid(text: str, why: str) -> ValueError:
 
 
 def parse(text: str) -> Recipe:
-    """Build the recipe a ``"w<W>a<A>[-g<G>][-asym][-dyn]"`` string stands for; anything else raises ValueError."""
+    """Build the recipe a ``"w<W>a<A>[-g<G>][-sym|-asym][-dyn]"`` string stands for; anything else raises
+    ValueError."""
     match = _PATTERN.fullmatch(text.strip().lower()) if isinstance(text, str) else None
     if match is None:
-        raise _invalid(text, "not of the form w<W>a<A>[-g<G>][-asym][-dyn]")
+        raise _invalid(text, "not of the form w<W>a<A>[-g<G>][-sym|-asym][-dyn]")
     w, a = int(match[1]), int(match[2])
     g = int(match[3]) if match[3] is not None else None
     if not 2 <= w <= 8:
@@ -134,7 +140,8 @@ def parse(text: str) -> Recipe:
     dynamic = match[5] is not None
     if dynamic and a == 16:
         raise _invalid(text, "-dyn needs quantized activations (A in 2..8)")
-    weight = Uniform(bits=w, symmetric=match[4] is None, granularity="group" if g else "channel", group_size=g or 0)
+    symmetric = w > ASYMMETRIC_MAX_BITS if match[4] is None else match[4] == "sym"
+    weight = Uniform(bits=w, symmetric=symmetric, granularity="group" if g else "channel", group_size=g or 0)
     rules = [Rule("*.weight_quantizer", weight)]
     activation = None
     if a != 16:

@@ -29,9 +29,11 @@ def test_fallback_groups_quantize_as_that_group_size_would(tmp_path):
     model, x = _model(), torch.randn(8, 320)
     visq.quantize(model, "w4a16-g128", calib=x, progress=False)
     w = model[0].weight.detach()
-    groups = w.reshape(-1, 80)  # closed form: symmetric int4 per 80-element group, min-max
-    scale = groups.abs().amax(dim=1, keepdim=True) / 7
-    expected = (torch.clamp(torch.round(groups / scale), -8, 7) * scale).reshape(w.shape)
+    groups = w.reshape(-1, 80)  # closed form: asymmetric int4 (the 4-bit default) per 80-element group, min-max
+    lo, hi = groups.amin(dim=1, keepdim=True).clamp(max=0), groups.amax(dim=1, keepdim=True).clamp(min=0)
+    scale = (hi - lo) / 15
+    zero = torch.round(-lo / scale)
+    expected = ((torch.clamp(torch.round(groups / scale) + zero, 0, 15) - zero) * scale).reshape(w.shape)
     torch.testing.assert_close(model[0].weight_quantizer(w), expected)
     text = visq.summary(model)
     assert "sites fitted to their layer: 3" in text and "0.weight_quantizer  group 128 does not divide" in text

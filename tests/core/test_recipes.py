@@ -15,7 +15,7 @@ def test_grammar_defaults():
     recipe = parse("w4a8-g32")
     weight = recipe.spec_for("blocks.0.mlp.fc1.weight_quantizer")[1]
     act = recipe.spec_for("blocks.0.mlp.fc1.input_quantizer")[1]
-    assert weight == Uniform(bits=4, symmetric=True, granularity="group", group_size=32)
+    assert weight == Uniform(bits=4, symmetric=False, granularity="group", group_size=32)
     assert act == Uniform(bits=8)
     assert recipe.spec_for("blocks.0.attn.probs_quantizer")[1] == Uniform(bits=8)
 
@@ -40,6 +40,16 @@ def test_asym_form_gives_unsigned_weights_with_a_zero_point():
     assert parse("w4a16-asym").spec_for("x.weight_quantizer")[1].granularity == "channel"
 
 
+@pytest.mark.parametrize(("text", "symmetric"), [("w2a8", False), ("w3a3", False), ("w4a8", False),
+                                                 ("w4a16-g32", False), ("w5a8", True), ("w6a6", True), ("w8a8", True),
+                                                 ("w4a8-sym", True), ("w4a8-g32-sym-dyn", True), ("w8a8-asym", False)])
+def test_weights_default_to_asymmetric_at_four_bits_or_fewer(text, symmetric):
+    weight = parse(text).spec_for("x.weight_quantizer")[1]
+    assert weight.symmetric is symmetric
+    assert weight.qrange == ((-(2 ** (weight.bits - 1)), 2 ** (weight.bits - 1) - 1) if symmetric
+                             else (0, 2 ** weight.bits - 1))
+
+
 def test_a16_keeps_activations_float():
     recipe = parse("w8a16")
     assert recipe.spec_for("x.input_quantizer")[1] is None
@@ -47,7 +57,8 @@ def test_a16_keeps_activations_float():
 
 
 @pytest.mark.parametrize("text", ["w4a9", "w0a8", "w4a8-g0", "", "int8", "w9a8", "w4a1", "w4a8-g", "w8a8-dyn-g32",
-                                  "w4a8-asym-g32", "w4a8-dyn-asym"])
+                                  "w4a8-asym-g32", "w4a8-dyn-asym", "w4a8-sym-asym",
+                                  "w4a8-symm"])
 def test_bad_strings_raise_listing_forms(text):
     with pytest.raises(ValueError, match="Valid forms: w<W>a<A>") as err:
         parse(text)

@@ -52,7 +52,7 @@ def test_probs_bits_change_output(images):
 def test_summary_lists_sites_and_float_layers(vit, images):
     visq.quantize(vit, "w4a8", calib=images, progress=False)
     text = visq.summary(vit)
-    assert "blocks.0.attn.qkv.weight_quantizer" in text and "int4 sym channel" in text
+    assert "blocks.0.attn.qkv.weight_quantizer" in text and "int4 asym channel" in text
     assert "patch_embed.proj" in text and "host default" in text
     assert "head" in text and "norm" in text
 

@@ -11,7 +11,7 @@ from visq.deploy.w8a8 import Int8Linear
 from visq.deploy.weight_only import Int4Linear
 from visq.testing import tiny_vit
 
-LAYER_CLASS = {"w8a8": Int8Linear, "w4a16-g16": Int4Linear, "w4a8-asym": Int8Linear, "w4a16-asym": Int4Linear}
+LAYER_CLASS = {"w8a8": Int8Linear, "w4a16-g16": Int4Linear, "w4a8": Int8Linear, "w4a16-sym": Int4Linear}
 
 
 def test_export_save_load_fresh_process_bit_identical(images, tmp_path):

@@ -61,7 +61,7 @@ def test_layer_within_one_accumulator_step(name):
     assert ((got - expected).abs() <= step).all()
 
 
-@pytest.mark.parametrize("recipe", ["w8a8", "w4a8-asym"])
+@pytest.mark.parametrize("recipe", ["w8a8", "w4a8", "w4a8-sym"])
 def test_vit_codes_within_one_step(images, recipe):
     ref, out = fake_and_exported(visq.quantize(tiny_vit(), recipe, calib=images, progress=False))
     assert sum(isinstance(m, Int8Linear) for m in out.modules()) == 8

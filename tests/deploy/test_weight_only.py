@@ -33,7 +33,7 @@ def test_pack_unpack_round_trip(k):
         int4.pack(torch.tensor([[8, 0]]))
 
 
-@pytest.mark.parametrize("recipe", ["w4a16", "w4a16-g32", "w3a16-g64", "w4a16-asym", "w4a16-g32-asym"])
+@pytest.mark.parametrize("recipe", ["w4a16", "w4a16-g32", "w3a16-g64", "w4a16-sym", "w4a16-g32-sym"])
 def test_int4_dequant_path_bit_equal_and_tinygemm_close(recipe):
     x = torch.randn(32, 256)
     ref, out = fake_and_exported(visq.quantize(_mlp(), recipe, calib=x, progress=False))

@@ -33,8 +33,9 @@ def test_the_fragile_layer_ranks_first():
     assert diag.ranking()[0] == "2.weight_quantizer"
     assert diag.ranking("weight")[0] == "2.weight_quantizer"
     top = diag.sites[0]
-    # more bits, less error (at 2 and 4 bits the small weights all round to zero alike)
-    assert top.model_mse[2] >= top.model_mse[4] > top.model_mse[8] > 0
+    # more bits, less error; at 2 and 4 bits the small weights all round to zero alike, so those two errors agree
+    # up to float rounding
+    assert top.model_mse[2] == pytest.approx(top.model_mse[4], rel=1e-4) and top.model_mse[4] > top.model_mse[8] > 0
     assert top.layer_mse[4] > 0 and diag.sqnr(top.model_mse[8]) > diag.sqnr(top.model_mse[4])
     assert {s.role for s in diag.sites} == {"weight", "activation"} and len(diag.sites) == 6
     assert diag.sites[0].size == 32 * 32
@@ -95,7 +96,7 @@ def test_diffusion_errors_are_measured_per_timestep():
 
 
 def test_roles_limit_what_is_measured():
-    x = torch.randn(32, 16)
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))  # not the global RNG: no test-order effects
     diag = doctor(_fragile_mlp(), "w4a8", calib=x, bits=(4, 8), roles=("weight",), progress=False)
     assert {s.role for s in diag.sites} == {"weight"} and diag.ranking()[0] == "2.weight_quantizer"
     recipe = diag.mixed(weight_bits=6.0)

@@ -68,8 +68,8 @@ def test_merged_model_equals_the_training_forward_bit_for_bit(qsd):
         for layer in model.modules():  # every weight lies on its grid: the integers hold the LoRA update
             wq = getattr(layer, "weight_quantizer", None)
             if isinstance(wq, LSQQuantizer):
-                codes = wq.codes(layer.weight)
-                assert torch.equal(codes, codes.round()) and codes.abs().max() <= 8
+                codes, (lo, hi) = wq.codes(layer.weight), wq.code_range
+                assert torch.equal(codes, codes.round()) and lo <= codes.min() and codes.max() <= hi
                 assert torch.equal(wq(layer.weight), layer.weight)
     assert torch.equal(merged, trained)
     assert (teacher - trained).abs().max() > 1e-3  # the comparison is not trivially float vs float
@@ -101,7 +101,11 @@ def test_rules_talsq_off_and_errors():
     assert acts and all(isinstance(s, LSQ) and s.per_timestep and s.offset and not s.signed for s in acts)
     assert not any(getattr(r.spec, "per_timestep", False) for r in off)
     weights = [r.spec for r in on if r.pattern.endswith("weight_quantizer")]
-    assert weights and all(isinstance(s, QALoRA) and s.rank == 32 and s.inner.signed for s in weights)
+    # the recipe's 4-bit weights are asymmetric: an unsigned grid with an offset, as EfficientDM's code has them
+    assert weights and all(isinstance(s, QALoRA) and s.rank == 32 and not s.inner.signed and s.inner.offset
+                           for s in weights)
+    sym = [r.spec for r in EfficientDM().rules(parse("w4a4-sym").rules) if r.pattern.endswith("weight_quantizer")]
+    assert sym and all(s.inner.signed and not s.inner.offset for s in sym)
     with pytest.raises(ValueError, match="-g"):
         EfficientDM().rules(parse("w4a8-g32").rules)
     with pytest.raises(ValueError, match="rank"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from eval.pipes import QuantConfig, prepare
@@ -26,3 +28,14 @@ def test_method_options_change_the_quantized_model(sd_folder, tmp_path):
 
     assert log_quantizers("w8a8@dgq") > 0
     assert log_quantizers("w8a8@dgq:log_probs=false") == 0
+
+
+def test_resume_refuses_a_model_saved_under_another_meaning_of_the_recipe(sd_folder, tmp_path):
+    calib, options = ["a red circle"], {"num_inference_steps": 2}
+    prepare(str(sd_folder), QuantConfig.parse("w4a8-sym"), tmp_path / "a", calib, options)
+    prepare(str(sd_folder), QuantConfig.parse("w4a8-sym"), tmp_path / "a", calib, options)  # same rules: resumes
+    # as if saved before the grammar's 4-bit default became asymmetric: the same name, symmetric weights inside
+    shutil.copytree(tmp_path / "a" / "w4a8-sym", tmp_path / "b" / "w4a8")
+    shutil.copy(tmp_path / "a" / "w4a8-sym.done", tmp_path / "b" / "w4a8.done")
+    with pytest.raises(ValueError, match="no longer stands for"):
+        prepare(str(sd_folder), QuantConfig.parse("w4a8"), tmp_path / "b", calib, options)
