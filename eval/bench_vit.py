@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 import visq
+from eval.cells import quantization_digest
 from eval.report import replace_block
 from visq import zoo
 from visq.zoo import load, shapes
@@ -95,7 +96,19 @@ def run_cell(cfg: Config, method: str, bits: str, seed: int, data: tuple[torch.T
     visq.quantize(model, bits, method=method, calib=calib, progress=False, **METHOD_KWARGS.get(method, {}))
     seconds = time.perf_counter() - start
     visq.freeze(model)
-    return {"top1": top1(model, data), "calib_s": seconds, "calib_n": len(calib)}
+    return {"top1": top1(model, data), "calib_s": seconds, "calib_n": len(calib), "recipe": cell_digest(method, bits)}
+
+
+def cell_digest(method: str, bits: str) -> str:
+    """What a cell quantizes (``eval.cells.quantization_digest``): a cached cell counts only for the same rules."""
+    return quantization_digest(bits, method, **METHOD_KWARGS.get(method, {}))
+
+
+def cached(cache: dict[str, Any], name: str, bits: str, seed: int, method: str | None = None) -> dict[str, Any] | None:
+    """The cached cell ``name|bits|seed`` of ``method`` (default: ``name``), or None when absent or measured with
+    other rules (e.g. before a recipe default changed)."""
+    cell = cache.get(cell_key(name, bits, seed))
+    return cell if cell is not None and cell.get("recipe") == cell_digest(method or name, bits) else None
 
 
 def load_cache(path: Path) -> dict[str, Any]:
@@ -146,7 +159,7 @@ def render(cfg: Config, cache: dict[str, Any], command: str) -> str:
     for method in cfg.methods:
         cells, times = [], []
         for bits in cfg.bits:
-            done = [cache[k] for s in cfg.seeds if (k := cell_key(method, bits, s)) in cache]
+            done = [c for s in cfg.seeds if (c := cached(cache, method, bits, s)) is not None]
             cells.append(fmt_cell([d["top1"] for d in done], len(cfg.seeds)))
             times += [d["calib_s"] for d in done]
         mean_time = f"{statistics.fmean(times):.1f}" if times else "–"
@@ -182,7 +195,7 @@ def main(cfg: Config = Config(), command: str = "python -m eval.bench_vit") -> d
         for bits in cfg.bits:
             for seed in cfg.seeds:
                 key = cell_key(method, bits, seed)
-                if key in cache:
+                if cached(cache, method, bits, seed) is not None:
                     continue
                 cache[key] = run_cell(cfg, method, bits, seed, data)
                 logging.info("%s: top-1 %.2f (%.1fs)", key, cache[key]["top1"], cache[key]["calib_s"])

@@ -1,10 +1,15 @@
 """eval.bench_vit_qat: run order, the table from a cell cache, and the README block it rewrites."""
 
+from eval.bench_vit import cell_digest
 from eval.bench_vit_qat import README_END, README_START, Config, cell_key, priority, report_view, table, write_readme
 
 
 def _cell(top1: float) -> dict:
     return {"top1": top1, "float_top1": 90.9, "osc_frac": 0.01, "osc_ema": 0.001, "train_s": 100.0}
+
+
+def _ptq(top1: float, method: str, bits: str) -> dict:
+    return {"top1": top1, "recipe": cell_digest(method, bits)}
 
 
 def test_priority_runs_the_main_comparison_first_and_every_cell_once():
@@ -19,8 +24,10 @@ def test_priority_runs_the_main_comparison_first_and_every_cell_once():
 def test_table_shows_means_spreads_missing_seeds_and_ptq_cells(tmp_path):
     cfg = Config(seeds=(0, 1), variants=("lsq", "ofq"), ptq_methods=("minmax",))
     cache = {cell_key("ofq", "w2a2", 0): _cell(80.0), cell_key("ofq", "w2a2", 1): _cell(82.0),
-             cell_key("lsq", "w2a2", 0): _cell(70.0), cell_key("ptq:minmax", "w2a2", 0): _cell(20.0)}
-    ptq = {"minmax|w3a3|0": {"top1": 70.0}, "minmax|w3a3|1": {"top1": 71.0}, "minmax|w3a3|2": {"top1": 72.0}}
+             cell_key("lsq", "w2a2", 0): _cell(70.0), cell_key("ptq:minmax", "w2a2", 0): _ptq(20.0, "minmax", "w2a2"),
+             cell_key("ptq:minmax", "w2a2", 1): _ptq(25.0, "minmax", "w2a2-sym")}  # other rules: not shown
+    ptq = {f"minmax|w3a3|{s}": _ptq(70.0 + s, "minmax", "w3a3") for s in range(3)}
+    ptq["minmax|w4a4|0"] = {"top1": 80.0}  # no digest: measured under rules unknown, not shown
     lines = table(cfg, cache, ptq)
     assert lines[2].startswith("| LSQ-QAT | 70.00 ± 0.00 (1/2 seeds) | – | – | 1.00% | 100 |")
     assert lines[3].startswith("| OFQ (StatsQ + QKR + CGA) | 81.00 ± 1.00 |")
