@@ -86,7 +86,7 @@ def _vit_cells(cfg: Config, cache: dict[str, Any], save) -> None:
         save()
     diag = _diagnosis(doctor_path("vit"), lambda: visq.doctor(
         bench_vit.load_vit(vcfg), uniform("w4a4", cfg), calib=calib, bits=WIDTHS,
-        eval_data=(normalize(data[0]), data[1]), top_k=5))
+        eval_data=(normalize(data[0]), data[1]), top_k=5), uniform("w4a4", cfg))
     cell["doctor_seconds"] = diag.seconds
     recipes = {name: uniform(name, cfg) for name in ("w8a8", "w4a4", "w3a3")}
     for budget in cfg.vit_budgets:
@@ -114,10 +114,14 @@ def doctor_path(name: str) -> Path:
     return OUT.with_name(f"mixed_{name}_doctor.json")
 
 
-def _diagnosis(path: Path, run) -> Diagnosis:
-    """The cached diagnosis at ``path``, else run it and save it."""
+def _diagnosis(path: Path, run, recipe: Recipe) -> Diagnosis:
+    """The cached diagnosis at ``path`` when it diagnosed ``recipe``, else run it (``run()``) and save it."""
     if path.is_file():
-        return Diagnosis.load(path)
+        diag = Diagnosis.load(path)
+        if digest(diag.recipe) == digest(recipe):
+            return diag
+        logging.info("%s diagnosed other rules than %s (a recipe default changed?): diagnosing again", path,
+                     recipe.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     diag = run()
     diag.save(path)
@@ -200,7 +204,7 @@ def _sd_cells(cfg: Config, cache: dict[str, Any], save) -> None:
         diags[over] = diag = _diagnosis(doctor_path(f"sd_{over}"), lambda over=over: visq.doctor(
             zoo.load("shapes-sd"), uniform("w4a8", cfg), calib=calib[: cfg.sd_doctor_prompts], bits=WIDTHS,
             roles=("weight",), over=over, max_calls=cfg.sd_doctor_calls if over == "call" else None,
-            calib_options={**options, "num_inference_steps": cfg.sd_doctor_steps}))
+            calib_options={**options, "num_inference_steps": cfg.sd_doctor_steps}), uniform("w4a8", cfg))
         mixed = {b: diag.mixed(weight_bits=b) for b in cfg.sd_budgets}
         cell.setdefault("doctors", {})[over] = {"seconds": diag.seconds, "calls": diag.calls, "predicted_db": {
             f"{b:g}": predicted_gain_db(diag, r) for b, r in mixed.items()}}

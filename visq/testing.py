@@ -1,7 +1,7 @@
 """Tiny models built in code (no hub, random weights) for tests and overhead benchmarks: a timm ViT, Stable
 Diffusion, DiT and DDIM pipelines, a PixArt denoiser, the diffusion transformers of ``TRANSFORMERS`` (FLUX, SD3,
-Sana, Qwen-Image, Z-Image, Lumina2, HunyuanDiT, AuraFlow...) and a flow-matching FLUX pipeline. Heavy libraries are
-imported inside each builder."""
+Sana, Qwen-Image, Z-Image, Lumina2, HunyuanDiT, AuraFlow...) and flow-matching FLUX and SD3 pipelines. Heavy
+libraries are imported inside each builder."""
 
 from __future__ import annotations
 
@@ -223,6 +223,33 @@ def tiny_transformer(name: str, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     model, kwargs = TRANSFORMERS[name](lambda *shape: torch.randn(*shape, generator=generator))
     return model.eval(), kwargs
+
+
+def tiny_sd3(seed: int = 0):
+    """A Stable Diffusion 3.5-style pipeline at toy width: the SD3 transformer of ``TRANSFORMERS`` (dual attention,
+    RMS q / k norms), flow-matching Euler sampler, two CLIP text encoders with projections (visq's CLIP tokenizer)
+    and no T5 (diffusers then feeds zeros in its place, as with ``text_encoder_3=None`` upstream). Classifier-free
+    guidance is batched [uncond, cond]. Sample with ``height=16, width=16`` (8x8 latents, 16 tokens)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from visq.zoo.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    transformer, _ = _sd3(lambda *shape: torch.zeros(shape))
+
+    def clip() -> CLIPTextModelWithProjection:  # hidden 16 + 16 = the joint width 32; projections 16 + 16 = pooled
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=49408,
+            max_position_embeddings=32, projection_dim=16)).eval()
+
+    tokenizer, vae = build_clip_tokenizer(32), _vae()
+    vae.register_to_config(shift_factor=0.0)  # SD3's decode shifts latents; visq's toy VAE has none
+    pipe = StableDiffusion3Pipeline(transformer=transformer.eval(), scheduler=FlowMatchEulerDiscreteScheduler(),
+                                    vae=vae, text_encoder=clip(), tokenizer=tokenizer, text_encoder_2=clip(),
+                                    tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def tiny_flux(seed: int = 0):

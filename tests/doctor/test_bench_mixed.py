@@ -33,3 +33,26 @@ def test_readme_block_is_the_benchmark_output():
     vit, sd = (load_cache(OUT.with_name(f"mixed_{part}.json")) for part in ("vit", "sd"))
     assert "float" in vit and "w4a8@minmax" in sd  # the committed results
     assert read_block(readme, BLOCK) == readme_block(Config(), vit, sd).strip()
+
+
+def test_a_cached_diagnosis_of_other_rules_is_run_again(tmp_path):
+    import torch
+    from torch import nn
+
+    import visq
+    from eval.bench_mixed import _diagnosis
+    from visq.recipes import parse
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "doctor.json"
+    visq.doctor(model, "w4a8-sym", calib=x, bits=(4, 8), progress=False).save(path)
+    calls = []
+
+    def run():
+        calls.append(1)
+        return visq.doctor(model, "w4a8", calib=x, bits=(4, 8), progress=False)
+
+    assert _diagnosis(path, run, parse("w4a8-sym")).recipe.name == "w4a8-sym" and not calls  # the cache counts
+    assert _diagnosis(path, run, parse("w4a8")).recipe.name == "w4a8" and calls == [1]  # other rules: diagnosed
+    assert _diagnosis(path, run, parse("w4a8")).recipe.name == "w4a8" and calls == [1]  # and saved
