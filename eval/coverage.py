@@ -50,8 +50,9 @@ PIPELINES = ("tiny_sd", "tiny_dit", "tiny_ddim", "tiny_flux", "tiny_sd3")  # vis
 PIPELINE_OPTIONS = {"tiny_flux": {"height": 16, "width": 16, "max_sequence_length": 8},
                     "tiny_sd3": {"height": 16, "width": 16}}
 # family -> visq.testing.TRANSFORMERS name (a bare denoiser, calibrated on one captured call)
-TRANSFORMERS = {"FLUX.1": "flux", "Chroma": "chroma", "SD3 / SD3.5": "sd3", "Sana": "sana", "Qwen-Image": "qwen_image",
-                "Z-Image": "z_image", "Lumina2": "lumina2", "HunyuanDiT": "hunyuan_dit", "AuraFlow": "auraflow",
+TRANSFORMERS = {"FLUX.1": "flux", "FLUX.2": "flux2", "Wan 2.1 (video)": "wan", "Chroma": "chroma",
+                "SD3 / SD3.5": "sd3", "Sana": "sana", "Qwen-Image": "qwen_image", "Z-Image": "z_image",
+                "Lumina2": "lumina2", "HunyuanDiT": "hunyuan_dit", "AuraFlow": "auraflow",
                 "CogView3Plus": "cogview3plus"}
 
 

@@ -107,6 +107,30 @@ def _flux(r):
     return model, {**_flux_kwargs(r), "pooled_projections": r(_B, 32)}
 
 
+def _flux2(r):
+    from diffusers import Flux2Transformer2DModel
+
+    # FLUX.2: parallel (fused qkv + MLP) single-stream blocks, 4-axis RoPE, embedded guidance
+    model = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                    attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                    timestep_guidance_channels=16, axes_dims_rope=(4, 4, 4, 4))
+    grid = torch.meshgrid(torch.zeros(1), torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    return model, dict(hidden_states=r(_B, 16, 16), encoder_hidden_states=r(_B, _TXT, 32),
+                       img_ids=torch.stack(grid, -1).reshape(16, 4), txt_ids=torch.zeros(_TXT, 4),
+                       timestep=torch.full((_B,), 0.5), guidance=torch.full((_B,), 3.5))
+
+
+def _wan(r):
+    from diffusers import WanTransformer3DModel
+
+    # Wan 2.1 text-to-video: a 3-d patch embedding over (frames, height, width), 3-axis RoPE, cross-attention
+    model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                  out_channels=4, text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2,
+                                  cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    return model, dict(hidden_states=r(_B, 4, 2, 8, 8), timestep=torch.full((_B,), 500.0),
+                       encoder_hidden_states=r(_B, _TXT, 32))
+
+
 def _chroma(r):
     from diffusers import ChromaTransformer2DModel
 
@@ -209,9 +233,9 @@ def _cogview3(r):
     return model, {**_latent_kwargs(r), "original_size": size, "target_size": size, "crop_coords": torch.zeros(_B, 2)}
 
 
-TRANSFORMERS = {"flux": _flux, "chroma": _chroma, "sd3": _sd3, "sana": _sana, "qwen_image": _qwen_image,
-                "z_image": _z_image, "lumina2": _lumina2, "hunyuan_dit": _hunyuan_dit, "auraflow": _auraflow,
-                "cogview3plus": _cogview3}
+TRANSFORMERS = {"flux": _flux, "flux2": _flux2, "wan": _wan, "chroma": _chroma, "sd3": _sd3, "sana": _sana,
+                "qwen_image": _qwen_image, "z_image": _z_image, "lumina2": _lumina2, "hunyuan_dit": _hunyuan_dit,
+                "auraflow": _auraflow, "cogview3plus": _cogview3}
 
 
 def tiny_transformer(name: str, seed: int = 0):

@@ -19,8 +19,8 @@ from visq.testing import TRANSFORMERS, tiny_transformer
 warnings.filterwarnings("ignore", category=FutureWarning)  # diffusers' deprecation notices for FLUX embeddings
 
 # softmax attention modules of each tiny model (Sana's self-attention is linear: named float, not counted)
-ATTENTION = {"flux": 2, "chroma": 2, "sd3": 3, "sana": 2, "qwen_image": 2, "z_image": 4, "lumina2": 4,
-             "hunyuan_dit": 4, "auraflow": 2, "cogview3plus": 1}
+ATTENTION = {"flux": 2, "flux2": 2, "wan": 4, "chroma": 2, "sd3": 3, "sana": 2, "qwen_image": 2, "z_image": 4,
+             "lumina2": 4, "hunyuan_dit": 4, "auraflow": 2, "cogview3plus": 1}
 
 
 def _output(out):

@@ -54,6 +54,8 @@ _FLOAT_RULES = [
     FloatRule("time_step_proj*", "timestep embedding: negligible compute, conditions every block"),
     FloatRule("text_embedder*", "text embedding projection: runs once per prompt, not per pixel"),
     FloatRule("distilled_guidance_layer*", "modulation approximator: runs once per step, conditions every block"),
+    FloatRule("condition_embedder*", "timestep / text / image conditioning embedders (Wan): run once per step or "
+              "prompt, condition every block"),
     FloatRule("x_embedder*", "patch embedding (first layer)"),
     FloatRule("all_x_embedder*", "patch embedding (first layer)"),
     FloatRule("img_in", "patch embedding (first layer)"),
@@ -66,6 +68,7 @@ _FLOAT_RULES = [
     FloatRule("*norm1_context.linear", "adaLN modulation of the text stream"),
     FloatRule("*.norm.linear", "adaLN modulation of a single-stream block"),
     FloatRule("*img_mod*", "adaLN modulation of the image stream"),
+    FloatRule("*_stream_modulation*", "adaLN modulation shared by every block of a stream (FLUX.2)"),
     FloatRule("*txt_mod*", "adaLN modulation of the text stream"),
     FloatRule("*adaLN_modulation*", "adaLN modulation: scales and shifts every block from the timestep embedding"),
 ]
