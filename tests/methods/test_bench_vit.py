@@ -49,7 +49,9 @@ def test_readme_vit_table_is_the_results_file():
 
 
 def test_readme_table_is_the_float_line_and_the_method_table():
-    cache = {"float": {"top1": 90.0}, **{bench_vit.cell_key("minmax", "w4a4", s): {"top1": 80.0 + s, "calib_s": 1.0}
+    digest = bench_vit.cell_digest("minmax", "w4a4")
+    cache = {"float": {"top1": 90.0}, **{bench_vit.cell_key("minmax", "w4a4", s): {"top1": 80.0 + s, "calib_s": 1.0,
+                                                                                   "recipe": digest}
                                          for s in (0, 1, 2)}}
     text = bench_vit.render(bench_vit.Config(methods=("minmax",), bits=("w4a4",)), cache, "cmd")
     assert bench_vit.readme_table(text).splitlines()[0] == "Float top-1: 90.00"
