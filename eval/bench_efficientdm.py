@@ -168,8 +168,8 @@ def report(cfg: Config, bench: BenchConfig) -> list[str]:
              f"trajectory, LoRA lr {cfg.lora_lr:g} x the layer's mean weight step, activation lr {cfg.act_lr:g} x the "
              f"quantizer's mean step, loss weight {cfg.loss_weight!r}, "
              "rank 32 and activation steps initialised by the MSE range search of each timestep unless stated; "
-             "train s and peak MB (process RSS) measured on 2 CPU cores shared with other "
-             "jobs (load average 8-25), so times are indicative. FID Inception is '-' for cells of a "
+             "train s and peak MB (process RSS) measured on 2 CPU cores that may be shared with "
+             "other jobs, so times are indicative. FID Inception is '-' for cells of a "
              "`--no-inception` run; cells not listed were not trained.", ""]
     for model in Config().models:
         results, trained = _measured(cfg, model)
