@@ -81,7 +81,7 @@ class Int8Linear(nn.Module):
     def _onednn_forward(self, x: Tensor, scale: Tensor, zero: int) -> Tensor:
         x2 = x.reshape(-1, self.in_features)
         y = onednn.linear(onednn.quantize_u8(x2, scale, zero), float(scale), zero, self.onednn_weight,
-                          self.weight_scale, self.bias)
+                          self.weight_scale, self.bias, onednn.out_dtype(x.dtype))
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _epilogue(self, scale: Tensor, zero: Tensor, offset: int) -> tuple[Tensor, Tensor]:
@@ -136,4 +136,5 @@ class Int8Conv2d(nn.Module):
         scale = scale.reshape(())
         u8_zero = int(zero.reshape(())) + (128 if spec.symmetric else 0)  # a signed grid shifted onto uint8
         codes = onednn.quantize_u8(x, scale, u8_zero)
-        return onednn.conv2d(codes, float(scale), u8_zero, self.packed, self.weight_scale, self.bias).to(x.dtype)
+        return onednn.conv2d(codes, float(scale), u8_zero, self.packed, self.weight_scale, self.bias,
+                             onednn.out_dtype(x.dtype)).to(x.dtype)

@@ -12,6 +12,8 @@ activation grids need no shift (offset 0, z 0).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,6 +26,20 @@ def act_offset(spec: Uniform) -> int:
     return 0 if spec.symmetric else 2 ** (spec.bits - 1)
 
 
+def round_to_codes(y: Tensor, zero: int, signed: bool) -> Tensor:
+    """``clamp(round(y) + zero)`` over the whole int8 (``signed``) or uint8 range, as a plain int8 / uint8 tensor.
+
+    One fused pass: ``torch.quantize_per_tensor`` at scale 1 (``y * 1`` is exact, and it rounds half to even like
+    ``torch.round``). Its integer storage is then aliased, not read back with ``int_repr``, which copies element
+    by element (measured 0.7-1.0 ms for a 788 x 1536 tensor, against 0.2 ms for the quantization itself).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the quantized-tensor constructors warn that they are deprecated
+        q = torch.quantize_per_tensor(y.float(), 1.0, zero, torch.qint8 if signed else torch.quint8)
+    plain = torch.empty(0, dtype=torch.int8 if signed else torch.uint8, device=y.device)
+    return plain.set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
+
+
 def quantize_static(x: Tensor, scale: Tensor, zero: Tensor, spec: Uniform) -> Tensor:
     """int8 codes ``clamp(round(x / s) + z, qmin, qmax) - offset`` of a per-tensor static quantizer.
 
@@ -31,6 +47,9 @@ def quantize_static(x: Tensor, scale: Tensor, zero: Tensor, spec: Uniform) -> Te
     """
     qmin, qmax = spec.qrange
     offset = act_offset(spec)
+    full_range = (qmin - offset, qmax - offset) == (-128, 127)
+    if full_range and zero.numel() == 1 and not x.is_cuda:  # one zero point over the whole int8 range: one pass
+        return round_to_codes(torch.div(x, scale), int(zero) - offset, signed=True)
     codes = torch.div(x, scale).round_().add_(zero - offset).clamp_(qmin - offset, qmax - offset)
     return codes.to(torch.int8)
 

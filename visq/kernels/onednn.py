@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 
 import torch
 from torch import Tensor
+
+from visq.kernels import int8
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +62,23 @@ class PackedWeight:
 
 def quantize_u8(x: Tensor, scale: Tensor, zero: int) -> Tensor:
     """uint8 codes ``clamp(round(x / scale) + zero, 0, 255)`` (``scale`` 0-dim, as the fake quantizer uses it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the quantized-tensor constructors warn that they are deprecated
-        return torch.quantize_per_tensor(torch.div(x, scale).float(), 1.0, zero, torch.quint8).int_repr()
+    return int8.round_to_codes(torch.div(x, scale), zero, signed=False)
+
+
+def out_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The output dtype oneDNN's int8 kernels write for activations of ``dtype``: bf16 stays bf16 (the GEMM
+    accumulates in int32 and rescales in fp32 either way, so a bf16 model skips a cast pass), all else fp32."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
 def linear(
-    x_u8: Tensor, scale: float, zero: int, weight: PackedWeight, w_scale: Tensor, bias: Tensor | None
+    x_u8: Tensor, scale: float, zero: int, weight: PackedWeight, w_scale: Tensor, bias: Tensor | None,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """fp32 ``(x_u8 - zero) * scale @ (w * w_scale).T + bias`` for 2-d ``x_u8``."""
+    """``(x_u8 - zero) * scale @ (w * w_scale).T + bias`` for 2-d ``x_u8``, written as ``dtype`` (fp32 or bf16;
+    ``w_scale`` is fp32 whatever the model's dtype: oneDNN requires it)."""
     return torch.ops.onednn.qlinear_pointwise(
-        x_u8, scale, zero, weight.packed, w_scale, weight.zero_points, bias, 1.0, 0, torch.float32, "none", [], ""
+        x_u8, scale, zero, weight.packed, w_scale.float(), weight.zero_points, bias, 1.0, 0, dtype, "none", [], ""
     )
 
 
@@ -115,10 +122,10 @@ class PackedConvWeight:
 
 
 def conv2d(x_u8: Tensor, scale: float, zero: int, weight: PackedConvWeight, w_scale: Tensor,
-           bias: Tensor | None) -> Tensor:
+           bias: Tensor | None, dtype: torch.dtype = torch.float32) -> Tensor:
     """fp32 ``conv2d((x_u8 - zero) * scale, w * w_scale) + bias`` for NCHW ``x_u8`` (the input's scale and zero
     point are taken per call: the prepacked weight does not depend on them)."""
     c = weight.conv
     return torch.ops.onednn.qconv2d_pointwise(
-        x_u8, scale, zero, weight.packed, w_scale, weight.zero_points, bias, list(c["stride"]), list(c["padding"]),
-        list(c["dilation"]), c["groups"], 1.0, 0, torch.float32, "none", [], "")
+        x_u8, scale, zero, weight.packed, w_scale.float(), weight.zero_points, bias, list(c["stride"]),
+        list(c["padding"]), list(c["dilation"]), c["groups"], 1.0, 0, dtype, "none", [], "")
