@@ -19,6 +19,17 @@ from visq.kernels import int8, onednn
 from visq.quantizers.uniform import UniformQuantizer
 
 
+def _keep_fp32(module: nn.Module, fn, recurse: bool, names: tuple[str, ...]) -> nn.Module:
+    """``nn.Module._apply`` that moves the named per-channel scales to the new device but keeps them fp32: they
+    are the kernels' own parameters (oneDNN requires fp32 weight scales), so ``model.to(torch.bfloat16)`` changes
+    the activations' dtype without rounding the weights' scales to bf16."""
+    kept = {n: module._buffers[n] for n in names}
+    nn.Module._apply(module, fn, recurse)
+    for n, value in kept.items():
+        module._buffers[n] = value.to(module._buffers[n].device)
+    return module
+
+
 class Int8Linear(nn.Module):
     """Exported W8A8 ``nn.Linear``: buffers ``qweight`` (K, N) int8, ``weight_scale`` (N,), ``weight_sum`` (N,)
     int32 (column sums of ``qweight``, for the zero-point correction), ``bias``, and the ``input_quantizer``."""
@@ -48,6 +59,9 @@ class Int8Linear(nn.Module):
             new.bias.copy_(bias.detach())
         new.prepare()
         return new
+
+    def _apply(self, fn, recurse: bool = True) -> nn.Module:
+        return _keep_fp32(self, fn, recurse, ("weight_scale",))
 
     def prepare(self) -> None:
         """(Re)pack the weight for oneDNN (after loading or moving the int8 weight)."""
@@ -125,6 +139,9 @@ class Int8Conv2d(nn.Module):
             new.bias.copy_(bias.detach())
         new.prepare()
         return new
+
+    def _apply(self, fn, recurse: bool = True) -> nn.Module:
+        return _keep_fp32(self, fn, recurse, ("weight_scale",))
 
     def prepare(self) -> None:
         """(Re)pack the weight for oneDNN (after loading the int8 weight)."""

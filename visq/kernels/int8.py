@@ -48,7 +48,8 @@ def quantize_static(x: Tensor, scale: Tensor, zero: Tensor, spec: Uniform) -> Te
     qmin, qmax = spec.qrange
     offset = act_offset(spec)
     full_range = (qmin - offset, qmax - offset) == (-128, 127)
-    if full_range and zero.numel() == 1 and not x.is_cuda:  # one zero point over the whole int8 range: one pass
+    # one zero point over the whole int8 range: one fused pass (eager CPU; inductor fuses the general form itself)
+    if full_range and zero.numel() == 1 and not x.is_cuda and not torch.compiler.is_compiling():
         return round_to_codes(torch.div(x, scale), int(zero) - offset, signed=True)
     codes = torch.div(x, scale).round_().add_(zero - offset).clamp_(qmin - offset, qmax - offset)
     return codes.to(torch.int8)
