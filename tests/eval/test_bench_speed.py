@@ -125,3 +125,17 @@ def test_a_recorded_spread_is_shown_next_to_the_speedup():
 
     assert _speedup({"speedup": 2.0}) == "2.00x"
     assert _speedup({"speedup": 2.0, "speedup_min": 1.9, "speedup_max": 2.25}) == "2.00x (1.90-2.25)"
+
+
+def test_versus_times_rows_in_one_process_and_reports_paired_ratios():
+    from eval.bench_versus import render, versus
+
+    rows = ["visq export W8A8 full bf16", "fp32"]
+    result = versus("deit-s", rows, repeats=2, warmup=0)
+    assert set(result) == set(rows) and "median" not in result[rows[0]]
+    fp32 = result["fp32"]
+    assert fp32["min"] <= fp32["median"] <= fp32["max"] and fp32["median"] > 0
+    text = render("deit-s", rows, result, "cmd", 2, 1)
+    assert "| visq export W8A8 full bf16 |" in text and f"{fp32['median']:.2f}x" in text
+    with pytest.raises(ValueError, match="at least two rows"):
+        versus("deit-s", ["fp32"])
