@@ -132,11 +132,12 @@ def static_codes(x: Tensor, quantizer: UniformQuantizer) -> tuple[Tensor, int, T
     return quantize_static(x, scale, zero, quantizer.spec), act_offset(quantizer.spec) - int(zero), scale
 
 
-def matmul_static(a: Tensor, qa: UniformQuantizer, b: Tensor, qb: UniformQuantizer) -> Tensor:
-    """``qa(a) @ qb(b)`` for two activations, (..., M, K) @ (..., K, N), computed in integers.
+def matmul_static(a: Tensor, qa: UniformQuantizer, b: Tensor, qb: UniformQuantizer, alpha: float = 1.0) -> Tensor:
+    """``alpha * (qa(a) @ qb(b))`` for two activations, (..., M, K) @ (..., K, N), computed in integers.
 
     With codes ``c`` and ``d = offset - zero`` per operand, ``sum_k (c_a + d_a)(c_b + d_b) = c_a c_b
-    + d_b * rowsum(c_a) + d_a * colsum(c_b) + K d_a d_b``: one int32 GEMM plus two sums, exact, then one rescale.
+    + d_b * rowsum(c_a) + d_a * colsum(c_b) + K d_a d_b``: one int32 GEMM plus two sums, exact, then one rescale
+    (``alpha``, e.g. attention's softmax scale, folded into it: no extra pass over the product).
     """
     ca, da, sa = static_codes(a, qa)
     cb, db, sb = static_codes(b, qb)
@@ -147,4 +148,5 @@ def matmul_static(a: Tensor, qa: UniformQuantizer, b: Tensor, qb: UniformQuantiz
         acc += da * cb.sum(dim=-2, dtype=torch.int32).unsqueeze(-2)
     if da and db:
         acc += da * db * a.shape[-1]
-    return acc.to(a.dtype if a.dtype.is_floating_point else torch.float32).mul_((sa * sb).to(a.dtype))
+    dtype = a.dtype if a.dtype.is_floating_point else torch.float32
+    return acc.to(dtype).mul_((sa * sb * alpha).to(dtype))
