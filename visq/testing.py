@@ -276,6 +276,27 @@ def tiny_sd3(seed: int = 0):
     return pipe
 
 
+def tiny_wan(seed: int = 0):
+    """A Wan 2.1 text-to-video pipeline at toy width: the Wan transformer of ``TRANSFORMERS`` (3-d patches, 3-axis
+    RoPE), a 3-d causal Wan VAE, a UMT5 text encoder (visq's CLIP tokenizer), flow-matching Euler sampler. It
+    returns ``.frames``, not ``.images``. Sample with ``height=32, width=32, num_frames=5, max_sequence_length=8``
+    (2 latent frames of 4x4, the VAE downsamples 8x in space and 4x in time)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from visq.zoo.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    transformer, _ = _wan(lambda *shape: torch.zeros(shape))
+    vae = AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    text = UMT5EncoderModel(UMT5Config(vocab_size=49408, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2))
+    pipe = WanPipeline(tokenizer=build_clip_tokenizer(32), text_encoder=text.eval(), transformer=transformer.eval(),
+                       vae=vae.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_flux(seed: int = 0):
     """A FLUX.1 pipeline at toy width: flow-matching Euler sampler (sigma timesteps), CLIP + T5 text encoders (both
     tokenized by visq's CLIP tokenizer), 16x16 images = 4x4 packed latent tokens. Sample with ``height=16,

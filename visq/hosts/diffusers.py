@@ -394,11 +394,23 @@ def sample_runs(
             with torch.no_grad():
                 out = pipe(**{arg: value}, num_inference_steps=num_inference_steps,
                            generator=torch.Generator().manual_seed(seed + run),
-                           output_type="latent" if arg == "prompt" else "np", **call_kwargs).images
-            yield torch.as_tensor(out).float()
+                           output_type="latent" if arg == "prompt" else "np", **call_kwargs)
+            yield torch.as_tensor(pipeline_samples(out)).float()
     finally:
         setattr(pipe, name, own)
         pipe._progress_bar_config = progress
+
+
+def pipeline_samples(output: Any) -> Any:
+    """What a pipeline call sampled: ``.images`` of image pipelines, ``.frames`` of video ones (Wan, CogVideoX,
+    HunyuanVideo...), or a tuple output's first element (``return_dict=False``)."""
+    if isinstance(output, tuple):
+        return output[0]
+    for name in ("images", "frames"):
+        if hasattr(output, name):
+            return getattr(output, name)
+    raise TypeError(f"{type(output).__name__} has neither .images nor .frames: visq cannot read this pipeline's "
+                    "samples; pass calibration as denoiser calls (visq.CalibSet) instead")
 
 
 class _Recorder:
