@@ -45,10 +45,11 @@ TIMM: dict[str, tuple[str, dict[str, Any], int]] = {
     "FastViT": ("fastvit_t8", {}, 224),
     "FastViT (SA)": ("fastvit_sa12", {}, 224),
 }
-PIPELINES = ("tiny_sd", "tiny_dit", "tiny_ddim", "tiny_flux", "tiny_sd3")  # visq.testing: text-to-image, DiT,
-# unconditional, flow matching (embedded guidance; batched CFG)
+PIPELINES = ("tiny_sd", "tiny_dit", "tiny_ddim", "tiny_flux", "tiny_sd3", "tiny_wan")  # visq.testing: text-to-image,
+# DiT, unconditional, flow matching (embedded guidance; batched CFG), text-to-video (.frames)
 PIPELINE_OPTIONS = {"tiny_flux": {"height": 16, "width": 16, "max_sequence_length": 8},
-                    "tiny_sd3": {"height": 16, "width": 16}}
+                    "tiny_sd3": {"height": 16, "width": 16},
+                    "tiny_wan": {"height": 32, "width": 32, "num_frames": 5, "max_sequence_length": 8}}
 # family -> visq.testing.TRANSFORMERS name (a bare denoiser, calibrated on one captured call)
 TRANSFORMERS = {"FLUX.1": "flux", "FLUX.2": "flux2", "Wan 2.1 (video)": "wan", "Chroma": "chroma",
                 "SD3 / SD3.5": "sd3", "Sana": "sana", "Qwen-Image": "qwen_image", "Z-Image": "z_image",
@@ -71,7 +72,8 @@ def _pipeline(name: str) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
     from visq import testing
 
     calib = {"tiny_sd": ["a red circle", "a blue square"], "tiny_dit": [0, 1], "tiny_ddim": 2,
-             "tiny_flux": ["a red circle", "a blue square"], "tiny_sd3": ["a red circle", "a blue square"]}[name]
+             "tiny_flux": ["a red circle", "a blue square"], "tiny_sd3": ["a red circle", "a blue square"],
+             "tiny_wan": ["a red circle", "a blue square"]}[name]
     return getattr(testing, name), calib, PIPELINE_OPTIONS.get(name, {})
 
 
