@@ -42,12 +42,12 @@ def versus(model: str, rows: list[str], repeats: int = 15, warmup: int = 2, thre
 
 
 def render(model: str, rows: list[str], result: dict[str, dict[str, float]], command: str, repeats: int,
-           threads: int) -> str:
+           warmup: int, threads: int) -> str:
     """The markdown report: the command, the machine, and one line per row."""
     first = rows[0]
     lines = [f"# {model}: {first} head to head", "", f"Command: `{command}` (one process, {repeats} interleaved "
-             f"rounds after 2 untimed ones, {threads} torch thread(s), seed 0; speed-up = the other row's time / "
-             f"this row's, per round: median (min-max)).", "",
+             f"rounds after {warmup} untimed ones, {threads} torch thread(s), seed 0; speed-up = the other row's "
+             f"time / this row's, per round: median (min-max)).", "",
              f"Machine: {cpu()}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              f"| row | ms / call | {first} speed-up over it |", "|---|---|---|"]
     for name in rows:
@@ -62,12 +62,13 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--model", default="deit-s", choices=MODELS)
     p.add_argument("--rows", nargs="+", required=True, choices=list(ROWS), help="first: the row compared to the rest")
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="markdown file to write (printed either way)")
     a = p.parse_args(argv)
     command = "python -m eval.bench_versus --model {} --rows {}".format(a.model, " ".join(f'"{r}"' for r in a.rows))
-    text = render(a.model, a.rows, versus(a.model, a.rows, a.repeats, threads=a.threads), command, a.repeats,
-                  a.threads)
+    result = versus(a.model, a.rows, a.repeats, a.warmup, a.threads)
+    text = render(a.model, a.rows, result, command, a.repeats, a.warmup, a.threads)
     if a.out:
         Path(a.out).write_text(text)
     print(text)

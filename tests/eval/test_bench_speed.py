@@ -135,7 +135,7 @@ def test_versus_times_rows_in_one_process_and_reports_paired_ratios():
     assert set(result) == set(rows) and "median" not in result[rows[0]]
     fp32 = result["fp32"]
     assert fp32["min"] <= fp32["median"] <= fp32["max"] and fp32["median"] > 0
-    text = render("deit-s", rows, result, "cmd", 2, 1)
+    text = render("deit-s", rows, result, "cmd", 2, 0, 1)
     assert "| visq export W8A8 full bf16 |" in text and f"{fp32['median']:.2f}x" in text
     with pytest.raises(ValueError, match="at least two rows"):
         versus("deit-s", ["fp32"])

@@ -75,10 +75,10 @@ def linear(
     x_u8: Tensor, scale: float, zero: int, weight: PackedWeight, w_scale: Tensor, bias: Tensor | None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """``(x_u8 - zero) * scale @ (w * w_scale).T + bias`` for 2-d ``x_u8``, written as ``dtype`` (fp32 or bf16;
-    ``w_scale`` is fp32 whatever the model's dtype: oneDNN requires it)."""
+    """``(x_u8 - zero) * scale @ (w * w_scale).T + bias`` for 2-d ``x_u8``, written as ``dtype`` (fp32 or bf16).
+    ``w_scale`` must be fp32 (oneDNN requires it; the exported layers keep theirs fp32 under ``model.to``)."""
     return torch.ops.onednn.qlinear_pointwise(
-        x_u8, scale, zero, weight.packed, w_scale.float(), weight.zero_points, bias, 1.0, 0, dtype, "none", [], ""
+        x_u8, scale, zero, weight.packed, w_scale, weight.zero_points, bias, 1.0, 0, dtype, "none", [], ""
     )
 
 
@@ -123,9 +123,10 @@ class PackedConvWeight:
 
 def conv2d(x_u8: Tensor, scale: float, zero: int, weight: PackedConvWeight, w_scale: Tensor,
            bias: Tensor | None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """fp32 ``conv2d((x_u8 - zero) * scale, w * w_scale) + bias`` for NCHW ``x_u8`` (the input's scale and zero
-    point are taken per call: the prepacked weight does not depend on them)."""
+    """``conv2d((x_u8 - zero) * scale, w * w_scale) + bias`` for NCHW ``x_u8``, written as ``dtype`` (fp32 or
+    bf16; ``w_scale`` fp32 as in ``linear``). The input's scale and zero point are taken per call: the prepacked
+    weight does not depend on them."""
     c = weight.conv
     return torch.ops.onednn.qconv2d_pointwise(
-        x_u8, scale, zero, weight.packed, w_scale.float(), weight.zero_points, bias, list(c["stride"]),
-        list(c["padding"]), list(c["dilation"]), c["groups"], 1.0, 0, dtype, "none", [], "")
+        x_u8, scale, zero, weight.packed, w_scale, weight.zero_points, bias, list(c["stride"]), list(c["padding"]),
+        list(c["dilation"]), c["groups"], 1.0, 0, dtype, "none", [], "")
