@@ -68,6 +68,10 @@ ROWS = {r.name: r for r in [
     Row("visq export W8A8 full, fake-quant attention + convs", "visq", "W8A8 static",
         note="as `full`, with the attention products and the convolutions left fake-quant around float kernels "
              "(what `visq.export` ran before its int8 attention and convolutions)"),
+    Row("visq export W8A8 full compiled", "visq", "W8A8 static", compiled=True,
+        note="as `full`, under `torch.compile` (`visq.export(compile=True)`): the linears and both attention "
+             "products run `torch._int_mm`, inductor fuses the quantization, zero-point sums and rescales around "
+             "them"),
     Row("visq export W8A8 full bf16", "visq", "W8A8 static", dtype=torch.bfloat16,
         note="as `full`, on bf16 activations (`model.to(torch.bfloat16)` after `visq.export`: the int8 kernels read "
              "bf16 and oneDNN writes bf16; norms, softmax and the other float ops run in bf16)"),
@@ -93,14 +97,14 @@ ROWS = {r.name: r for r in [
 ]}
 VISQ_RECIPES = {"visq fake-quant W8A8": "w8a8", "visq export W8A8": "w8a8", "visq export W8A8 compiled": "w8a8",
                 "visq export W8A8 full": "w8a8", "visq export W8A8 full, fake-quant attention + convs": "w8a8",
-                "visq export W8A8 full bf16": "w8a8",
+                "visq export W8A8 full bf16": "w8a8", "visq export W8A8 full compiled": "w8a8",
                 "visq export W8A8-dyn": "w8a8-dyn", "visq export W8A16": "w8a16", "visq export W4A16": "w4a16",
                 "visq export W4A8": "w4a8", "visq export W4A16-g128 bf16": "w4a16",
                 "visq export W4A16-sym": "w4a16-sym", "visq export W4A8-sym": "w4a8-sym",
                 "visq export W4A16-g128-sym bf16": "w4a16-sym"}
 # visq rows at visq's own recipe scope (convolutions and attention products too), not the peers' linear scope
 FULL_SCOPE = {"visq export W8A8 full", "visq export W8A8 full, fake-quant attention + convs",
-              "visq export W8A8 full bf16"}
+              "visq export W8A8 full bf16", "visq export W8A8 full compiled"}
 # visq rows grouped per layer as quanto groups (quanto_group)
 PEER_GROUPED = {"visq export W4A16-g128 bf16", "visq export W4A16-g128-sym bf16"}
 

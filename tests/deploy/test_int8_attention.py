@@ -86,3 +86,15 @@ def test_attention_without_an_integer_kernel_is_named():
     assert not model.visq_export.attention
     assert set(model.visq_export.attention_kept) == {"blocks.0.attn", "blocks.1.attn"}
     assert "probs_quantizer is a TwinUniformQuantizer" in visq.summary(model)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_matmul_static_traces_in_one_graph_with_the_eager_result(symmetric):
+    # torch.compile must not break the graph on reading the zero points (it did: int(zero)), and the traced
+    # form (zero-point offsets as tensors) must give the eager integers
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 3, 20, 16, generator=gen) + 0.3, torch.rand(2, 3, 16, 24, generator=gen)
+    qa, qb = _calibrated(Uniform(bits=8, symmetric=symmetric), a, b)
+    torch._dynamo.reset()
+    traced = torch.compile(lambda x, y: matmul_static(x, qa, y, qb, 0.125), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(traced(a, b), matmul_static(a, qa, b, qb, 0.125), rtol=1e-6, atol=0)

@@ -124,12 +124,19 @@ def int_bmm(a: Tensor, b: Tensor) -> Tensor:
     return out.reshape(*batch, a.shape[-2], b.shape[-1])
 
 
-def static_codes(x: Tensor, quantizer: UniformQuantizer) -> tuple[Tensor, int, Tensor]:
+def static_codes(x: Tensor, quantizer: UniformQuantizer) -> tuple[Tensor, int | Tensor, Tensor]:
     """int8 codes of ``x`` under a static per-tensor quantizer, the integer ``d = offset - zero`` that turns a code
-    into ``x / scale`` (``x ~ scale * (code + d)``), and the 0-dim scale."""
+    into ``x / scale`` (``x ~ scale * (code + d)``), and the 0-dim scale.
+
+    ``d`` is a Python int in eager mode (a zero ``d`` skips its correction sum). Under ``torch.compile`` an
+    asymmetric grid's ``d`` stays a 0-dim int32 tensor, so reading the zero point breaks no graph; symmetric grids
+    have ``d = 0`` by construction."""
     scale, zero = quantizer._current()  # the calibrated (per-timestep) scale and zero point
     scale, zero = scale.reshape(()), zero.reshape(())
-    return quantize_static(x, scale, zero, quantizer.spec), act_offset(quantizer.spec) - int(zero), scale
+    codes, offset = quantize_static(x, scale, zero, quantizer.spec), act_offset(quantizer.spec)
+    if not torch.compiler.is_compiling():
+        return codes, offset - int(zero), scale
+    return codes, 0 if quantizer.spec.symmetric else (offset - zero).round().to(torch.int32), scale
 
 
 def matmul_static(a: Tensor, qa: UniformQuantizer, b: Tensor, qb: UniformQuantizer, alpha: float = 1.0) -> Tensor:
@@ -142,11 +149,12 @@ def matmul_static(a: Tensor, qa: UniformQuantizer, b: Tensor, qb: UniformQuantiz
     ca, da, sa = static_codes(a, qa)
     cb, db, sb = static_codes(b, qb)
     acc = int_bmm(ca, cb)
-    if db:
+    apply_a, apply_b = isinstance(da, Tensor) or da != 0, isinstance(db, Tensor) or db != 0
+    if apply_b:
         acc += db * ca.sum(dim=-1, dtype=torch.int32).unsqueeze(-1)
-    if da:
+    if apply_a:
         acc += da * cb.sum(dim=-2, dtype=torch.int32).unsqueeze(-2)
-    if da and db:
+    if apply_a and apply_b:
         acc += da * db * a.shape[-1]
     dtype = a.dtype if a.dtype.is_floating_point else torch.float32
     return acc.to(dtype).mul_((sa * sb * alpha).to(dtype))
