@@ -115,6 +115,10 @@ def int_bmm(a: Tensor, b: Tensor) -> Tensor:
     """
     batch = a.shape[:-2]
     a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    if torch.compiler.is_compiling():  # traced: stack the products; out= slices of one buffer compile to copies
+        # (DeiT-S full scope compiled went from 0.86x to 1.00x torchao int8 compiled, head to head)
+        out = torch.stack([int_mm(a3[i], b3[i]) for i in range(a3.shape[0])])
+        return out.reshape(*batch, a.shape[-2], b.shape[-1])
     out = torch.empty(a3.shape[0], a3.shape[1], b3.shape[2], dtype=torch.int32, device=a.device)
     for i in range(a3.shape[0]):
         if a.is_cuda:  # int_mm pads small operands there
