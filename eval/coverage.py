@@ -45,16 +45,18 @@ TIMM: dict[str, tuple[str, dict[str, Any], int]] = {
     "FastViT": ("fastvit_t8", {}, 224),
     "FastViT (SA)": ("fastvit_sa12", {}, 224),
 }
-PIPELINES = ("tiny_sd", "tiny_dit", "tiny_ddim", "tiny_flux", "tiny_sd3", "tiny_wan")  # visq.testing: text-to-image,
-# DiT, unconditional, flow matching (embedded guidance; batched CFG), text-to-video (.frames)
+# visq.testing: text-to-image, DiT, unconditional, flow matching (embedded guidance; batched CFG), text-to-video
+PIPELINES = ("tiny_sd", "tiny_dit", "tiny_ddim", "tiny_flux", "tiny_sd3", "tiny_wan", "tiny_cogvideox")
 PIPELINE_OPTIONS = {"tiny_flux": {"height": 16, "width": 16, "max_sequence_length": 8},
                     "tiny_sd3": {"height": 16, "width": 16},
-                    "tiny_wan": {"height": 32, "width": 32, "num_frames": 5, "max_sequence_length": 8}}
+                    "tiny_wan": {"height": 32, "width": 32, "num_frames": 5, "max_sequence_length": 8},
+                    "tiny_cogvideox": {"height": 32, "width": 32, "num_frames": 9, "max_sequence_length": 6}}
 # family -> visq.testing.TRANSFORMERS name (a bare denoiser, calibrated on one captured call)
 TRANSFORMERS = {"FLUX.1": "flux", "FLUX.2": "flux2", "Wan 2.1 (video)": "wan", "Chroma": "chroma",
                 "SD3 / SD3.5": "sd3", "Sana": "sana", "Qwen-Image": "qwen_image", "Z-Image": "z_image",
                 "Lumina2": "lumina2", "HunyuanDiT": "hunyuan_dit", "AuraFlow": "auraflow",
-                "CogView3Plus": "cogview3plus"}
+                "CogView3Plus": "cogview3plus", "CogVideoX (video)": "cogvideox",
+                "HunyuanVideo (video)": "hunyuan_video", "LTX-Video (video)": "ltx_video"}
 
 
 def _timm(name: str, kwargs: dict[str, Any], size: int) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
@@ -71,9 +73,7 @@ def _timm(name: str, kwargs: dict[str, Any], size: int) -> tuple[Callable[[], An
 def _pipeline(name: str) -> tuple[Callable[[], Any], Any, dict[str, Any]]:
     from visq import testing
 
-    calib = {"tiny_sd": ["a red circle", "a blue square"], "tiny_dit": [0, 1], "tiny_ddim": 2,
-             "tiny_flux": ["a red circle", "a blue square"], "tiny_sd3": ["a red circle", "a blue square"],
-             "tiny_wan": ["a red circle", "a blue square"]}[name]
+    calib = {"tiny_dit": [0, 1], "tiny_ddim": 2}.get(name, ["a red circle", "a blue square"])  # class ids, a count
     return getattr(testing, name), calib, PIPELINE_OPTIONS.get(name, {})
 
 
@@ -91,10 +91,13 @@ def _attention(model: Any, state: Any) -> str:
     slotted = sum(hasattr(m, "probs_quantizer") for m in model.modules())
     plain = sum(why.startswith("attention class") for why in state.plan.float_layers.values())
     linear = sum(why.startswith("linear attention") for why in state.plan.float_layers.values())
-    if not slotted and not plain and not linear:
+    host = sum(why.startswith("host default") and hasattr(model.get_submodule(name), "processor")
+               for name, why in state.plan.float_layers.items())  # e.g. a text refiner that runs once per prompt
+    if not slotted and not plain and not linear and not host:
         return "no attention layers"
     return (f"{slotted} quantized" + (f", {plain} float (no adapter)" if plain else "")
-            + (f", {linear} float (linear attention, named in summary)" if linear else ""))
+            + (f", {linear} float (linear attention, named in summary)" if linear else "")
+            + (f", {host} float (host default, named in summary)" if host else ""))
 
 
 def _error(err: Exception) -> str:

@@ -1,7 +1,8 @@
 """Tiny models built in code (no hub, random weights) for tests and overhead benchmarks: a timm ViT, Stable
 Diffusion, DiT and DDIM pipelines, a PixArt denoiser, the diffusion transformers of ``TRANSFORMERS`` (FLUX, SD3,
-Sana, Qwen-Image, Z-Image, Lumina2, HunyuanDiT, AuraFlow...) and flow-matching FLUX and SD3 pipelines. Heavy
-libraries are imported inside each builder."""
+Sana, Qwen-Image, Z-Image, Lumina2, HunyuanDiT, AuraFlow, CogVideoX, HunyuanVideo, LTX-Video...), flow-matching
+FLUX and SD3 pipelines and Wan and CogVideoX text-to-video pipelines. Heavy libraries are imported inside each
+builder."""
 
 from __future__ import annotations
 
@@ -233,9 +234,50 @@ def _cogview3(r):
     return model, {**_latent_kwargs(r), "original_size": size, "target_size": size, "crop_coords": torch.zeros(_B, 2)}
 
 
+def _cogvideox(r):
+    from diffusers import CogVideoXTransformer3DModel
+
+    # CogVideoX: text and video tokens in one joint attention (expert adaLN per stream), 3-d sin-cos positions
+    model = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                                        time_embed_dim=4, text_embed_dim=32, num_layers=2, sample_width=4,
+                                        sample_height=4, sample_frames=9, patch_size=2, temporal_compression_ratio=4,
+                                        max_text_seq_length=_TXT)
+    return model, dict(hidden_states=r(_B, 3, 4, 4, 4), encoder_hidden_states=r(_B, _TXT, 32),
+                       timestep=torch.full((_B,), 500.0))
+
+
+def _hunyuan_video(r):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    # HunyuanVideo: dual- then single-stream blocks with 3-axis RoPE, a masked text token refiner, embedded guidance
+    model = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10,
+                                           num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=1,
+                                           patch_size_t=1, text_embed_dim=16, pooled_projection_dim=8,
+                                           rope_axes_dim=(2, 4, 4))
+    mask = torch.ones(_B, _TXT, dtype=torch.long)
+    mask[1, -2:] = 0  # the second prompt is shorter
+    return model, dict(hidden_states=r(_B, 4, 2, 4, 4), timestep=torch.full((_B,), 500.0),
+                       encoder_hidden_states=r(_B, _TXT, 16), encoder_attention_mask=mask,
+                       pooled_projections=r(_B, 8), guidance=torch.full((_B,), 3500.0))
+
+
+def _ltx_video(r):
+    from diffusers import LTXVideoTransformer3DModel
+
+    # LTX-Video: latent video as a flat token sequence (frames x height x width given apart), 3-d RoPE, masked cross
+    model = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                       num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                       num_layers=2, caption_channels=32)
+    mask = torch.ones(_B, _TXT, dtype=torch.long)
+    mask[1, -2:] = 0
+    return model, dict(hidden_states=r(_B, 2 * 4 * 4, 8), encoder_hidden_states=r(_B, _TXT, 32),
+                       timestep=torch.full((_B,), 500.0), encoder_attention_mask=mask, num_frames=2, height=4, width=4)
+
+
 TRANSFORMERS = {"flux": _flux, "flux2": _flux2, "wan": _wan, "chroma": _chroma, "sd3": _sd3, "sana": _sana,
                 "qwen_image": _qwen_image, "z_image": _z_image, "lumina2": _lumina2, "hunyuan_dit": _hunyuan_dit,
-                "auraflow": _auraflow, "cogview3plus": _cogview3}
+                "auraflow": _auraflow, "cogview3plus": _cogview3, "cogvideox": _cogvideox,
+                "hunyuan_video": _hunyuan_video, "ltx_video": _ltx_video}
 
 
 def tiny_transformer(name: str, seed: int = 0):
@@ -293,6 +335,29 @@ def tiny_wan(seed: int = 0):
     text = UMT5EncoderModel(UMT5Config(vocab_size=49408, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2))
     pipe = WanPipeline(tokenizer=build_clip_tokenizer(32), text_encoder=text.eval(), transformer=transformer.eval(),
                        vae=vae.eval(), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_cogvideox(seed: int = 0):
+    """A CogVideoX text-to-video pipeline at toy width: the CogVideoX transformer of ``TRANSFORMERS`` (joint text +
+    video attention), a 3-d CogVideoX VAE, a T5 text encoder (visq's CLIP tokenizer), CogVideoX's DDIM sampler with
+    batched classifier-free guidance. It returns ``.frames``. Sample with ``height=32, width=32, num_frames=9,
+    max_sequence_length=6`` (3 latent frames of 4x4, the VAE downsamples 8x in space and 4x in time)."""
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    from visq.zoo.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    transformer, _ = _cogvideox(lambda *shape: torch.zeros(shape))
+    vae = AutoencoderKLCogVideoX(block_out_channels=(8,) * 4, latent_channels=4, layers_per_block=1,
+                                 norm_num_groups=2, temporal_compression_ratio=4,
+                                 down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                 up_block_types=("CogVideoXUpBlock3D",) * 4)
+    text = T5EncoderModel(T5Config(vocab_size=49408, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2))
+    pipe = CogVideoXPipeline(tokenizer=build_clip_tokenizer(32), text_encoder=text.eval(), vae=vae.eval(),
+                             transformer=transformer.eval(), scheduler=CogVideoXDDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
