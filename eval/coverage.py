@@ -54,8 +54,8 @@ PIPELINE_OPTIONS = {"tiny_flux": {"height": 16, "width": 16, "max_sequence_lengt
 # family -> visq.testing.TRANSFORMERS name (a bare denoiser, calibrated on one captured call)
 TRANSFORMERS = {"FLUX.1": "flux", "FLUX.2": "flux2", "Wan 2.1 (video)": "wan", "Chroma": "chroma",
                 "SD3 / SD3.5": "sd3", "Sana": "sana", "Qwen-Image": "qwen_image", "Z-Image": "z_image",
-                "Lumina2": "lumina2", "HunyuanDiT": "hunyuan_dit", "AuraFlow": "auraflow",
-                "CogView3Plus": "cogview3plus", "CogVideoX (video)": "cogvideox",
+                "Lumina2": "lumina2", "Lumina-Next": "lumina_next", "HunyuanDiT": "hunyuan_dit",
+                "AuraFlow": "auraflow", "CogView3Plus": "cogview3plus", "CogVideoX (video)": "cogvideox",
                 "HunyuanVideo (video)": "hunyuan_video", "LTX-Video (video)": "ltx_video"}
 
 

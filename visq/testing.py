@@ -200,6 +200,23 @@ def _lumina2(r):
     return model, {**_latent_kwargs(r, 0.5), "encoder_attention_mask": mask}
 
 
+def _lumina_next(r):
+    from diffusers import LuminaNextDiT2DModel
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    # Lumina-Next: grouped-query heads, 2-d RoPE passed in by the caller, masked cross-attention to the caption
+    model = LuminaNextDiT2DModel(sample_size=8, patch_size=2, in_channels=4, hidden_size=32, num_layers=2,
+                                 num_attention_heads=2, num_kv_heads=1, multiple_of=16, learn_sigma=False,
+                                 cross_attention_dim=32)
+    mask = torch.ones(_B, _TXT, dtype=torch.long)
+    mask[1, -2:] = 0
+    rope = get_2d_rotary_pos_embed_lumina(16, 8, 8, linear_factor=1.0, ntk_factor=1.0)
+    # as LuminaPipeline does: a base sequence length turns on the processor's length-dependent softmax scale (and
+    # the blocks unpack cross_attention_kwargs with **, so its None default raises in diffusers itself)
+    return model, {**_latent_kwargs(r, 0.5), "encoder_mask": mask, "image_rotary_emb": rope,
+                   "cross_attention_kwargs": {"base_sequence_length": 4}}
+
+
 def _hunyuan_dit(r):
     from diffusers import HunyuanDiT2DModel
     from diffusers.models.embeddings import get_2d_rotary_pos_embed
@@ -275,8 +292,8 @@ def _ltx_video(r):
 
 
 TRANSFORMERS = {"flux": _flux, "flux2": _flux2, "wan": _wan, "chroma": _chroma, "sd3": _sd3, "sana": _sana,
-                "qwen_image": _qwen_image, "z_image": _z_image, "lumina2": _lumina2, "hunyuan_dit": _hunyuan_dit,
-                "auraflow": _auraflow, "cogview3plus": _cogview3, "cogvideox": _cogvideox,
+                "qwen_image": _qwen_image, "z_image": _z_image, "lumina2": _lumina2, "lumina_next": _lumina_next,
+                "hunyuan_dit": _hunyuan_dit, "auraflow": _auraflow, "cogview3plus": _cogview3, "cogvideox": _cogvideox,
                 "hunyuan_video": _hunyuan_video, "ltx_video": _ltx_video}
 
 

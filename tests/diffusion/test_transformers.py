@@ -1,6 +1,6 @@
 """Diffusion transformers through the generic attention wrapper (visq.hosts.diffusers_attention): FLUX, Chroma, SD3,
-Sana, Qwen-Image, Z-Image, Lumina2, HunyuanDiT, AuraFlow, CogView3Plus and the video models CogVideoX, HunyuanVideo,
-LTX-Video, each built tiny in code."""
+Sana, Qwen-Image, Z-Image, Lumina2, Lumina-Next, HunyuanDiT, AuraFlow, CogView3Plus and the video models CogVideoX,
+HunyuanVideo, LTX-Video, each built tiny in code."""
 
 import subprocess
 import sys
@@ -21,8 +21,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)  # diffusers' deprecat
 
 # softmax attention modules of each tiny model (Sana's self-attention is linear: named float, not counted)
 ATTENTION = {"flux": 2, "flux2": 2, "wan": 4, "chroma": 2, "sd3": 3, "sana": 2, "qwen_image": 2, "z_image": 4,
-             "lumina2": 4, "hunyuan_dit": 4, "auraflow": 2, "cogview3plus": 1, "cogvideox": 2, "hunyuan_video": 3,
-             "ltx_video": 4}
+             "lumina2": 4, "lumina_next": 4, "hunyuan_dit": 4, "auraflow": 2, "cogview3plus": 1, "cogvideox": 2,
+             "hunyuan_video": 3, "ltx_video": 4}
 # attention the host keeps float by default, each named in summary: HunyuanVideo's text token refiner runs once per
 # prompt (like the text encoder), not per video token
 HOST_FLOAT = {"hunyuan_video": ["context_embedder.token_refiner.refiner_blocks.0.attn "]}
