@@ -82,30 +82,20 @@ class Int8Linear(nn.Module):
         spec = self.input_quantizer.spec
         if spec.granularity == "token":
             return int8.linear_dynamic(x, self.qweight, self.weight_scale, self.weight_sum.float(), self.bias, spec)
-        scale, zero = self.input_quantizer._current()  # the calibrated (per-timestep) scale and zero point
-        scale, zero = scale.reshape(()), zero.reshape(())  # 0-dim, as the fake quantizer divides by it
         if self.onednn_weight is not None and not x.is_cuda and not torch.compiler.is_compiling():
+            scale, zero = self.input_quantizer._current()  # the calibrated (per-timestep) scale and zero point
             u8_zero = int(zero) + (128 if spec.symmetric else 0)  # a signed grid shifted onto uint8
             if 0 <= u8_zero <= 255:
-                return self._onednn_forward(x, scale, u8_zero)
-        codes = int8.quantize_static(x, scale, zero, spec)
-        out_scale, out_shift = self._epilogue(scale, zero, int8.act_offset(spec))
-        return int8.linear_static(x, self.qweight, out_scale, out_shift, codes)
+                return self._onednn_forward(x, scale.reshape(()), u8_zero)
+        codes, d, scale = int8.static_codes(x, self.input_quantizer)
+        return int8.linear_static(codes, d, scale, self.qweight, self.weight_scale, self.weight_sum, self.bias,
+                                  x.dtype)
 
     def _onednn_forward(self, x: Tensor, scale: Tensor, zero: int) -> Tensor:
         x2 = x.reshape(-1, self.in_features)
         y = onednn.linear(onednn.quantize_u8(x2, scale, zero), float(scale), zero, self.onednn_weight,
                           self.weight_scale, self.bias, onednn.out_dtype(x.dtype))
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
-    def _epilogue(self, scale: Tensor, zero: Tensor, offset: int) -> tuple[Tensor, Tensor]:
-        # The correction is an exact integer; fold it into the shift in float64 so large K loses no accumulator step.
-        correction = (offset - zero.double()) * self.weight_sum.double()
-        out_scale = scale.double() * self.weight_scale.double()
-        shift = out_scale * correction
-        if self.bias is not None:
-            shift = shift + self.bias.double()
-        return out_scale.float(), shift.float()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel!r}"

@@ -81,15 +81,23 @@ def int_mm(a: Tensor, b: Tensor) -> Tensor:
     return torch._int_mm(a, b)[:m, :n]
 
 
-def linear_static(x: Tensor, qweight: Tensor, out_scale: Tensor, out_shift: Tensor, codes: Tensor) -> Tensor:
-    """``y = acc * out_scale + out_shift`` where ``acc`` is the int32 product of ``codes`` and ``qweight``.
+def linear_static(codes: Tensor, d: int | Tensor, scale: Tensor, qweight: Tensor, weight_scale: Tensor,
+                  weight_sum: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``y = s_x * s_w * (codes @ w + d * colsum(w)) + bias`` for static per-tensor activation codes (``d``, the
+    scale: from ``static_codes``), as ``dtype`` with the codes' leading shape.
 
-    ``out_scale = s_x * s_w`` and ``out_shift = s_x * s_w * (offset - z) * colsum(w) + bias`` are per output
-    channel (the caller folds the zero-point correction into the shift).
+    The zero-point correction is added to the int32 accumulator (exact: an integer), so the float epilogue is one
+    rescale per element; under ``torch.compile`` inductor fuses it into one pass, with no float64 per element.
     """
-    acc = int_mm(codes.reshape(-1, codes.shape[-1]), qweight)
-    y = torch.addcmul(out_shift, acc, out_scale)
-    return y.reshape(*x.shape[:-1], qweight.shape[1]).to(x.dtype)
+    # the epilogue runs on the caller's shape: inductor fuses it with the next elementwise op (GELU, the residual
+    # add, the next layer's quantization) into one loop only when both have the same original sizes
+    acc = int_mm(codes.reshape(-1, codes.shape[-1]), qweight).reshape(*codes.shape[:-1], qweight.shape[1])
+    if isinstance(d, Tensor) or d != 0:
+        acc = acc + d * weight_sum
+    y = acc.to(torch.float32) * (scale.float() * weight_scale)
+    if bias is not None:
+        y = y + bias
+    return y.to(dtype)
 
 
 def linear_dynamic(
