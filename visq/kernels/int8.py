@@ -115,24 +115,37 @@ def linear_dynamic(
     return y.reshape(*x.shape[:-1], qweight.shape[1]).to(x.dtype)
 
 
+def _int_bmm_loop(a3: Tensor, b3: Tensor) -> Tensor:
+    out = torch.empty(a3.shape[0], a3.shape[1], b3.shape[2], dtype=torch.int32, device=a3.device)
+    for x, y, o in zip(a3.unbind(), b3.unbind(), out.unbind()):  # one call for all views, not one per index
+        if a3.is_cuda:  # int_mm pads small operands there
+            o.copy_(int_mm(x, y))
+        else:
+            torch._int_mm(x, y, out=o)
+    return out
+
+
+@torch.library.custom_op("visq::int_bmm", mutates_args=())
+def _int_bmm_op(a3: Tensor, b3: Tensor) -> Tensor:
+    """The per-pair ``_int_mm`` loop as one opaque op for ``torch.compile``: traced per pair, the products were
+    stacked into one buffer by extra copy kernels (and one wrapper call each)."""
+    return _int_bmm_loop(a3, b3)
+
+
+@_int_bmm_op.register_fake
+def _(a3: Tensor, b3: Tensor) -> Tensor:
+    return a3.new_empty(a3.shape[0], a3.shape[1], b3.shape[2], dtype=torch.int32)
+
+
 def int_bmm(a: Tensor, b: Tensor) -> Tensor:
     """int8 (..., M, K) x (..., K, N) -> int32 (..., M, N).
 
     torch has no batched int8 GEMM, so each (M, K) x (K, N) pair runs ``torch._int_mm`` (``b`` may be a transposed
-    view: ``_int_mm`` reads either layout).
+    view: ``_int_mm`` reads either layout), writing into one output buffer.
     """
     batch = a.shape[:-2]
     a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
-    if torch.compiler.is_compiling():  # traced: stack the products; out= slices of one buffer compile to copies
-        # (DeiT-S full scope compiled went from 0.86x to 1.00x torchao int8 compiled, head to head)
-        out = torch.stack([int_mm(a3[i], b3[i]) for i in range(a3.shape[0])])
-        return out.reshape(*batch, a.shape[-2], b.shape[-1])
-    out = torch.empty(a3.shape[0], a3.shape[1], b3.shape[2], dtype=torch.int32, device=a.device)
-    for i in range(a3.shape[0]):
-        if a.is_cuda:  # int_mm pads small operands there
-            out[i] = int_mm(a3[i], b3[i])
-        else:
-            torch._int_mm(a3[i], b3[i], out=out[i])
+    out = _int_bmm_op(a3, b3) if torch.compiler.is_compiling() else _int_bmm_loop(a3, b3)
     return out.reshape(*batch, a.shape[-2], b.shape[-1])
 
 
