@@ -69,7 +69,16 @@ def test_vit_codes_within_one_step(images, recipe):
     with torch.no_grad():
         a, b = ref(images), out(images)
     assert_codes_within_one_step(seen_ref, seen_out)
-    assert (a - b).abs().max() <= 1e-3 * a.abs().max()
+    # A score or probability within float rounding of a rounding boundary can give the two forwards codes one
+    # step apart (which one depends on the CPU's float matmul); an image where every code agrees must agree to
+    # float rounding, and a flipped code may move only its own image, by a little.
+    flipped = torch.zeros(len(images), dtype=torch.bool)
+    for path in seen_ref:
+        for x, y in zip(seen_ref[path], seen_out[path], strict=True):
+            flipped |= (x != y).flatten(1).any(1)
+    err = (a - b).abs().amax(-1)
+    assert flipped.sum() <= 2 and (err[~flipped] <= 1e-5 * a.abs().max()).all()
+    assert (err <= 1e-2 * a.abs().max()).all()
     assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 

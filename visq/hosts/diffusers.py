@@ -105,7 +105,8 @@ class QuantAttnProcessor(nn.Module):
         """``get_attention_scores`` and the probs @ v product on integer codes (``kernels.int8.matmul_static``)."""
         if attn.upcast_attention:
             query, key = query.float(), key.float()
-        scores = int8.matmul_static(query, self.q_quantizer, key.transpose(-1, -2), self.k_quantizer, attn.scale)
+        scores = int8.matmul_static(query, self.q_quantizer, key.transpose(-1, -2), self.k_quantizer, attn.scale,
+                                     softmax_next=True)  # only the mask is added before the softmax
         if mask is not None:
             scores = scores + mask
         probs = (scores.float() if attn.upcast_softmax else scores).softmax(dim=-1).to(value.dtype)

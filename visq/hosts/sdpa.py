@@ -49,7 +49,8 @@ def quantized_sdpa(
         v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
     scale = scale if scale is not None else 1 / math.sqrt(q.shape[-1])
     if exported:
-        scores = int8.matmul_static(q, slots.q_quantizer, k.transpose(-2, -1), slots.k_quantizer, scale)
+        scores = int8.matmul_static(q, slots.q_quantizer, k.transpose(-2, -1), slots.k_quantizer, scale,
+                                     softmax_next=True)  # only masks are added before the softmax
     else:
         scores = (q @ k.transpose(-2, -1)) * scale
     if is_causal:

@@ -50,7 +50,9 @@ def quantized_attention(
     GEMMs on the quantizers' codes (inference: no attention dropout)."""
     scale = module.scale if scale is None else scale
     if getattr(module, "int8_attention", False):
-        attn = bias(int8.matmul_static(q, module.q_quantizer, k.transpose(-2, -1), module.k_quantizer, scale))
+        # every host's bias adds (masks, position biases), so the softmax still cancels per-row terms
+        attn = bias(int8.matmul_static(q, module.q_quantizer, k.transpose(-2, -1), module.k_quantizer, scale,
+                                       softmax_next=True))
         return int8.matmul_static(attn.softmax(dim=-1), module.probs_quantizer, v, module.v_quantizer)
     q, k = _slot(module, "q_quantizer", q), _slot(module, "k_quantizer", k)
     attn = bias((q @ k.transpose(-2, -1)) * scale)

@@ -164,22 +164,27 @@ def static_codes(x: Tensor, quantizer: UniformQuantizer) -> tuple[Tensor, int | 
     return codes, 0 if quantizer.spec.symmetric else (offset - zero).round().to(torch.int32), scale
 
 
-def matmul_static(a: Tensor, qa: UniformQuantizer, b: Tensor, qb: UniformQuantizer, alpha: float = 1.0) -> Tensor:
+def matmul_static(a: Tensor, qa: UniformQuantizer, b: Tensor, qb: UniformQuantizer, alpha: float = 1.0,
+                  softmax_next: bool = False) -> Tensor:
     """``alpha * (qa(a) @ qb(b))`` for two activations, (..., M, K) @ (..., K, N), computed in integers.
 
     With codes ``c`` and ``d = offset - zero`` per operand, ``sum_k (c_a + d_a)(c_b + d_b) = c_a c_b
     + d_b * rowsum(c_a) + d_a * colsum(c_b) + K d_a d_b``: one int32 GEMM plus two sums, exact, then one rescale
     (``alpha``, e.g. attention's softmax scale, folded into it: no extra pass over the product).
+
+    ``softmax_next``: the caller only adds to the result and takes a softmax over its last axis (attention scores),
+    which cancels every term constant along a row, so ``d_b * rowsum(c_a)`` and ``K d_a d_b`` are left out. The
+    probabilities are the same; the returned scores are then shifted per row.
     """
     ca, da, sa = static_codes(a, qa)
     cb, db, sb = static_codes(b, qb)
     acc = int_bmm(ca, cb)
     apply_a, apply_b = isinstance(da, Tensor) or da != 0, isinstance(db, Tensor) or db != 0
-    if apply_b:
+    if apply_b and not softmax_next:
         acc += db * ca.sum(dim=-1, dtype=torch.int32).unsqueeze(-1)
     if apply_a:
         acc += da * cb.sum(dim=-2, dtype=torch.int32).unsqueeze(-2)
-    if apply_a and apply_b:
+    if apply_a and apply_b and not softmax_next:
         acc += da * db * a.shape[-1]
     dtype = a.dtype if a.dtype.is_floating_point else torch.float32
     return acc.to(dtype).mul_((sa * sb * alpha).to(dtype))
