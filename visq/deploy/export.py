@@ -19,6 +19,7 @@ from torch import nn
 
 from visq import hosts
 from visq.deploy import choose
+from visq.kernels import int8
 from visq.modules import QUANT_LAYERS
 from visq.quantizers.uniform import UniformQuantizer
 from visq.sites import ATTENTION_SLOTS
@@ -125,8 +126,10 @@ def summary_lines(model: nn.Module) -> list[str]:
     lines.append(f"fake-quant layers: {len(state.kept)}")
     lines += [f"  {p:<{width}}  {why}" for p, why in state.kept.items()]
     if state.attention:
+        cuda = any(t.is_cuda for t in model.buffers())
+        gemm = "torch._int_mm per head" if cuda or int8.native_int8_gemm() else "exact fp32 GEMMs: no VNNI on this CPU"
         lines.append(f"int8 attention: {len(state.attention)} modules run q.k^T and probs.v as int8 GEMMs on their "
-                     "quantizers' codes (torch._int_mm per head, exact zero-point sums)")
+                     f"quantizers' codes ({gemm}, exact zero-point sums)")
     if state.attention_kept:
         lines.append(f"fake-quant attention: {len(state.attention_kept)} (float matmuls around fake-quant q / k / v "
                      "/ probs)")
