@@ -81,9 +81,12 @@ def native_int8_gemm() -> bool:
     return _NATIVE_INT8_GEMM
 
 
-def int_mm_fp32(a: Tensor, b: Tensor) -> Tensor:
+def int_mm_fp32(a: Tensor, b: Tensor, as_float: bool = False) -> Tensor:
     """Exact int8 (..., M, K) x (..., K, N) -> int32 as fp32 GEMMs over K-chunks of at most ``FP32_EXACT_K``: every
     partial sum is an integer fp32 represents exactly, so the int32 result equals ``torch._int_mm``'s.
+
+    ``as_float``: return the product as fp32 when it is one chunk (K <= ``FP32_EXACT_K``: exact already, so the
+    caller's epilogue skips the round trip through int32); longer products are summed in int32 either way.
 
     Exact under IEEE fp32 matmuls only: a reduced ``torch.set_float32_matmul_precision`` (bf16 / TF32 inner
     products) would round, so it is refused (checked in eager calls; dynamo cannot trace the query).
@@ -91,12 +94,20 @@ def int_mm_fp32(a: Tensor, b: Tensor) -> Tensor:
     if not torch.compiler.is_compiling() and torch.get_float32_matmul_precision() != "highest":  # (untraceable)
         raise RuntimeError("visq's exact fp32 route for int8 GEMMs (this CPU has no VNNI int8 kernel) needs IEEE "
                            "fp32 matmuls; call torch.set_float32_matmul_precision('highest')")
-    k, acc = a.shape[-1], None
+    k = a.shape[-1]
+    if as_float and k <= FP32_EXACT_K:
+        return torch.matmul(a.float(), b.float())
+    acc = None
     for start in range(0, k, FP32_EXACT_K):
         stop = min(start + FP32_EXACT_K, k)
         part = torch.matmul(a[..., start:stop].float(), b[..., start:stop, :].float()).to(torch.int32)
         acc = part if acc is None else acc.add_(part)
     return acc
+
+
+def fp32_route(x: Tensor) -> bool:
+    """Whether int8 GEMMs on ``x``'s device take the exact fp32 route (a CPU without VNNI / AMX)."""
+    return not x.is_cuda and not native_int8_gemm()
 
 
 def int_mm(a: Tensor, b: Tensor) -> Tensor:
@@ -107,7 +118,7 @@ def int_mm(a: Tensor, b: Tensor) -> Tensor:
     contribute zeros) and the result sliced back.
     """
     if not a.is_cuda:
-        return torch._int_mm(a, b) if native_int8_gemm() else int_mm_fp32(a, b)
+        return int_mm_fp32(a, b) if fp32_route(a) else torch._int_mm(a, b)
     m, k = a.shape
     n = b.shape[1]
     pad_m, pad_k, pad_n = max(0, 17 - m), -k % 8, -n % 8
@@ -128,7 +139,10 @@ def linear_static(codes: Tensor, d: int | Tensor, scale: Tensor, qweight: Tensor
     """
     # the epilogue runs on the caller's shape: inductor fuses it with the next elementwise op (GELU, the residual
     # add, the next layer's quantization) into one loop only when both have the same original sizes
-    acc = int_mm(codes.reshape(-1, codes.shape[-1]), qweight).reshape(*codes.shape[:-1], qweight.shape[1])
+    if fp32_route(codes):  # fp32 when exact already (one K-chunk): the correction adds to it, rounded once
+        acc = int_mm_fp32(codes, qweight, as_float=True)
+    else:
+        acc = int_mm(codes.reshape(-1, codes.shape[-1]), qweight).reshape(*codes.shape[:-1], qweight.shape[1])
     if isinstance(d, Tensor) or d != 0:
         acc = acc + d * weight_sum
     y = acc.to(torch.float32) * (scale.float() * weight_scale)
@@ -174,15 +188,15 @@ def _(a3: Tensor, b3: Tensor) -> Tensor:
     return a3.new_empty(a3.shape[0], a3.shape[1], b3.shape[2], dtype=torch.int32)
 
 
-def int_bmm(a: Tensor, b: Tensor) -> Tensor:
+def int_bmm(a: Tensor, b: Tensor, as_float: bool = False) -> Tensor:
     """int8 (..., M, K) x (..., K, N) -> int32 (..., M, N).
 
     torch has no batched int8 GEMM, so each (M, K) x (K, N) pair runs ``torch._int_mm`` (``b`` may be a transposed
     view: ``_int_mm`` reads either layout), writing into one output buffer; a CPU without VNNI takes the exact fp32
-    route instead.
+    route instead (``as_float``: see ``int_mm_fp32``).
     """
-    if not a.is_cuda and not native_int8_gemm():
-        return int_mm_fp32(a, b)  # batched as it stands: one fp32 bmm per K-chunk
+    if fp32_route(a):
+        return int_mm_fp32(a, b, as_float)  # batched as it stands: one fp32 bmm per K-chunk
     batch = a.shape[:-2]
     a3, b3 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
     out = _int_bmm_op(a3, b3) if torch.compiler.is_compiling() else _int_bmm_loop(a3, b3)
@@ -218,7 +232,7 @@ def matmul_static(a: Tensor, qa: UniformQuantizer, b: Tensor, qb: UniformQuantiz
     """
     ca, da, sa = static_codes(a, qa)
     cb, db, sb = static_codes(b, qb)
-    acc = int_bmm(ca, cb)
+    acc = int_bmm(ca, cb, as_float=True)  # int32, or fp32 where exact already: the sums add to either
     apply_a, apply_b = isinstance(da, Tensor) or da != 0, isinstance(db, Tensor) or db != 0
     if apply_b and not softmax_next:
         acc += db * ca.sum(dim=-1, dtype=torch.int32).unsqueeze(-1)
