@@ -53,3 +53,15 @@ def test_both_routes_give_the_same_exported_model(images, monkeypatch):
         kernels = visq.summary(out)
         assert ("_int_mm" in kernels) == native and ("exact fp32 GEMM" in kernels) == (not native)
     assert torch.equal(results[True], results[False])
+
+
+def test_export_warns_where_int8_is_no_faster_than_fp32(images, monkeypatch, caplog):
+    monkeypatch.setattr(int8, "native_int8_gemm", lambda: False)
+    with caplog.at_level("WARNING", logger="visq.deploy.export"):
+        visq.export(visq.quantize(tiny_vit(), "w8a8", calib=images[:4], progress=False))
+    assert "no VNNI / AMX int8 GEMM" in caplog.text
+    monkeypatch.setattr(int8, "native_int8_gemm", lambda: True)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="visq.deploy.export"):
+        visq.export(visq.quantize(tiny_vit(), "w8a8", calib=images[:4], progress=False))
+    assert "VNNI" not in caplog.text

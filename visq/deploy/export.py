@@ -90,6 +90,11 @@ def export(
     _export_attention(model, state)
     model.visq_export = state
     logger.info("exported %d layers (%d kept fake-quant)", len(state.layers), len(state.kept))
+    integer = "w8a8" in state.layers.values() or state.attention
+    if integer and _fp32_route(model):
+        logger.warning("this CPU has no VNNI / AMX int8 GEMM (%s): the exported int8 products are computed exactly "
+                       "as fp32 GEMMs on the codes, so they save memory but run no faster than fp32",
+                       torch.backends.cpu.get_cpu_capability())
     if compile:
         _compile(model, state, compile_options or {}, example)
     return obj
@@ -126,8 +131,7 @@ def summary_lines(model: nn.Module) -> list[str]:
     lines.append(f"fake-quant layers: {len(state.kept)}")
     lines += [f"  {p:<{width}}  {why}" for p, why in state.kept.items()]
     if state.attention:
-        cuda = any(t.is_cuda for t in model.buffers())
-        gemm = "torch._int_mm per head" if cuda or int8.native_int8_gemm() else "exact fp32 GEMMs: no VNNI on this CPU"
+        gemm = "exact fp32 GEMMs: no VNNI on this CPU" if _fp32_route(model) else "torch._int_mm per head"
         lines.append(f"int8 attention: {len(state.attention)} modules run q.k^T and probs.v as int8 GEMMs on their "
                      f"quantizers' codes ({gemm}, exact zero-point sums)")
     if state.attention_kept:
@@ -135,6 +139,11 @@ def summary_lines(model: nn.Module) -> list[str]:
                      "/ probs)")
         lines += [f"  {p:<{width}}  {why}" for p, why in state.attention_kept.items()]
     return lines
+
+
+def _fp32_route(model: nn.Module) -> bool:
+    """Whether the model's int8 GEMMs take the exact fp32 route (on CPU without VNNI / AMX)."""
+    return not any(t.is_cuda for t in model.buffers()) and not int8.native_int8_gemm()
 
 
 def _export_attention(model: nn.Module, state: ExportState) -> None:
