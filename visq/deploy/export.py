@@ -143,7 +143,7 @@ def summary_lines(model: nn.Module) -> list[str]:
 
 def _fp32_route(model: nn.Module) -> bool:
     """Whether the model's int8 GEMMs take the exact fp32 route (on CPU without VNNI / AMX)."""
-    return not any(t.is_cuda for t in model.buffers()) and not int8.native_int8_gemm()
+    return all(int8.fp32_route(t) for t in model.buffers())
 
 
 def _export_attention(model: nn.Module, state: ExportState) -> None:

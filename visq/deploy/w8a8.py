@@ -9,7 +9,7 @@ Kernels: 8-bit static activations in eager mode on CPU run oneDNN's fused quanti
 fewer bits, CUDA, and any forward traced by ``torch.compile``, where inductor fuses the elementwise work) runs
 ``torch._int_mm`` with the arithmetic of ``visq.kernels.int8``, including the exact zero-point correction. A CPU
 without VNNI has no fast int8 GEMM in torch: there the same integer sums come from exact fp32 GEMMs on the codes
-(``int8.int_mm_fp32``), about fp32's speed instead of a scalar loop 46x slower.
+(``int8.int_mm_fp32``), near fp32's speed instead of a scalar loop 46x slower.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Int8Linear(nn.Module):
         if self.use_onednn:
             return f"int8 oneDNN qlinear W8A8 ({act} act; torch._int_mm when compiled or on CUDA)"
         zp = "symmetric" if spec.symmetric else "zero point via row-sum correction"
-        if self.qweight.device.type == "cpu" and not int8.native_int8_gemm():
+        if int8.fp32_route(self.qweight):
             return f"int8 W8A8, exact fp32 GEMM on the codes ({act} act, {zp}; no VNNI int8 kernel on this CPU)"
         return f"int8 _int_mm W8A8 ({act} act, {zp})"
 

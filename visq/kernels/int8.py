@@ -67,9 +67,8 @@ def quantize_dynamic(x: Tensor, spec: Uniform) -> tuple[Tensor, Tensor, Tensor]:
 # fp32 holds every integer: an fp32 GEMM over K <= 1024 returns the exact integer sum in any summation order
 FP32_EXACT_K = 1024
 
-
-_NATIVE_INT8_GEMM = torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()  # read once: dynamo
-# refuses to trace the probes themselves
+# read once at import: dynamo refuses to trace the CPU probes themselves
+_NATIVE_INT8_GEMM = torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def native_int8_gemm() -> bool:
